@@ -1,0 +1,19 @@
+# Two commands on a fresh machine: `make demo` (install + the main job) and `make test` (install + tests).
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[hashes,dev]'
+	touch $(STAMP)
+
+.PHONY: install demo test
+install: $(STAMP)
+
+demo: $(STAMP)
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(VENV)/bin/qkcopy demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q

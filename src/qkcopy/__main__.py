@@ -1,0 +1,5 @@
+import sys
+
+from qkcopy.cli import main
+
+sys.exit(main())
