@@ -1,0 +1,98 @@
+"""The QK loss (paper eq. 1–4) and the hard-negative miner.
+
+Letters: B batch, C rows in one bank chunk, N bank rows, M hard negatives per positive, E descriptor dim.
+
+P(q, k) = exp(−‖q − k‖² / τ) is the probability that (q, k) is a copy pair. The loss is binary cross-entropy on
+the B positive pairs plus the B·M hardest negatives of the whole batch against the whole bank:
+    L_pos = mean_b −log P(q_b, k_b)            = mean_b ‖q_b − k_b‖² / τ
+    L_neg = mean_(b,n) −log(1 − P(q_b, k_n))   over the B·M smallest distances with n ≠ pos(b)
+    L     = w_pos · L_pos + w_neg · L_neg
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# d²/τ below this is clamped in L_neg so that −log(1 − P) stays finite (P → 1 when a negative coincides).
+MIN_SCALED_DISTANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    tau: float = 0.07
+    negatives_per_positive: int = 10  # M
+    w_pos: float = 1.0
+    w_neg: float = 3.0
+
+
+@dataclass(frozen=True)
+class LossParts:
+    total: torch.Tensor  # () float32, with grad
+    pos: torch.Tensor  # () float32
+    neg: torch.Tensor  # () float32
+
+
+def squared_distances(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """All-pairs squared L2, (B, E) × (C, E) → (B, C) float32, by the GEMM expansion (for selection)."""
+    if q.ndim != 2 or k.ndim != 2 or q.shape[1] != k.shape[1]:
+        raise ValueError(f"expected q (B, E) and k (C, E) with equal E, got {tuple(q.shape)} and {tuple(k.shape)}")
+    q, k = q.float(), k.float()
+    d2 = (q * q).sum(1, keepdim=True) + (k * k).sum(1)[None, :] - 2.0 * torch.einsum("be,ce->bc", q, k)
+    return d2.clamp_min_(0.0)  # (B, C) float32
+
+
+def qk_loss(d2_pos: torch.Tensor, d2_neg: torch.Tensor, cfg: LossConfig) -> LossParts:
+    """Eq. 1–4 from the squared distances of the positive pairs (B,) and the selected negatives (B·M,)."""
+    if d2_pos.ndim != 1 or d2_neg.ndim != 1:
+        raise ValueError(f"expected d2_pos (B,) and d2_neg (B·M,), got {tuple(d2_pos.shape)}, {tuple(d2_neg.shape)}")
+    l_pos = (d2_pos.float() / cfg.tau).mean()
+    x = (d2_neg.float() / cfg.tau).clamp_min(MIN_SCALED_DISTANCE)
+    l_neg = -torch.log(-torch.expm1(-x)).mean()  # −log(1 − e^−x), stable for small and large x
+    return LossParts(total=cfg.w_pos * l_pos + cfg.w_neg * l_neg, pos=l_pos, neg=l_neg)
+
+
+class HardNegativeMiner:
+    """Running top-K smallest distances over (batch item, bank row) pairs, positives excluded.
+
+    Fed one (B, C) chunk of distances at a time, so the full (B, N) matrix never exists. The K = B·M pairs it
+    keeps are the global hardest of the whole batch (not M per query), as in the paper.
+    """
+
+    def __init__(self, k: int, positive_rows: torch.Tensor):
+        if positive_rows.ndim != 1:
+            raise ValueError(f"expected positive_rows (B,), got {tuple(positive_rows.shape)}")
+        self.k = k
+        self.positive_rows = positive_rows  # (B,) int64 bank row of each item's positive
+        device = positive_rows.device
+        self.values = torch.empty(0, device=device)  # (≤K,) float32
+        self.batch_index = torch.empty(0, dtype=torch.long, device=device)  # (≤K,)
+        self.rows = torch.empty(0, dtype=torch.long, device=device)  # (≤K,) global bank rows
+
+    def update(self, d2: torch.Tensor, row_offset: int) -> None:
+        """Add a chunk of distances d2 (B, C) float32 whose columns are bank rows row_offset … row_offset+C−1."""
+        b_count, c_count = d2.shape
+        if b_count != self.positive_rows.numel():
+            raise ValueError(f"chunk has {b_count} batch rows, expected {self.positive_rows.numel()}")
+        local = self.positive_rows - row_offset  # (B,)
+        inside = (local >= 0) & (local < c_count)
+        if inside.any():
+            d2 = d2.clone()
+            d2[inside.nonzero().squeeze(1), local[inside]] = float("inf")
+        flat = d2.reshape(-1)  # (B·C,)
+        values, flat_index = torch.topk(flat, min(self.k, flat.numel()), largest=False, sorted=False)
+        keep = torch.isfinite(values)
+        values, flat_index = values[keep], flat_index[keep]
+        values = torch.cat([self.values, values])
+        batch_index = torch.cat([self.batch_index, flat_index // c_count])
+        rows = torch.cat([self.rows, flat_index % c_count + row_offset])
+        if values.numel() > self.k:
+            values, keep = torch.topk(values, self.k, largest=False, sorted=False)
+            batch_index, rows = batch_index[keep], rows[keep]
+        self.values, self.batch_index, self.rows = values, batch_index, rows
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, batch_index, rows) of the kept negatives, sorted by distance, each (K,)."""
+        order = torch.argsort(self.values)
+        return self.values[order], self.batch_index[order], self.rows[order]
