@@ -1,0 +1,202 @@
+"""A training run's directory and context: config, provenance, models, checkpoints, evaluations.
+
+Layout of a run directory:
+    config.yaml        the resolved config          provenance.json   git commit, data fingerprint, versions
+    gist_pca.safetensors  PCA fitted on training images only
+    train_log.jsonl    one JSON line per step       evaluations.jsonl  metrics after each segment
+    banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from qkcopy import checkpoint as ckpt
+from qkcopy.config import TrainConfig, load_config, phase_steps, to_dict
+from qkcopy.contrastive import KeyQueue
+from qkcopy.data import Gist256, fit_gist256, valid_images
+from qkcopy.embed import embed_paths, resolve_device
+from qkcopy.metrics import evaluate
+from qkcopy.backbone import feature_dim
+from qkcopy.model import DescriptorModel, build_qk_models
+from qkcopy.pca import PCA
+from qkcopy.search import search_predictions
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def files_fingerprint(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{Path(p).name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: TrainConfig
+    dir: Path
+    paths: list[Path]
+    device: torch.device
+    q: DescriptorModel
+    k: DescriptorModel
+    gist256: Gist256
+    data_hash: str
+    queue: KeyQueue | None = None
+    tensorboard: object | None = None
+    is_main: bool = True
+
+    @classmethod
+    def open(cls, cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, resume: bool) -> Run:
+        run_dir = Path(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+            raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume to continue it "
+                                  "or choose a new --out")
+        if resume and not (run_dir / "checkpoints" / "latest").exists():
+            raise FileNotFoundError(f"nothing to resume in {run_dir} (no checkpoints/latest)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            saved = load_config(run_dir / "config.yaml")
+            if to_dict(saved) != to_dict(cfg):
+                raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}; "
+                                 "resume with the same settings")
+        all_paths = valid_images(sorted(Path(p) for p in train_paths))
+        paths = all_paths[:cfg.data.max_train_images]  # slice end None: all
+        if len(paths) < cfg.data.batch_size:
+            raise ValueError(f"{len(paths)} readable training images; need at least one batch "
+                             f"({cfg.data.batch_size})")
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        data_hash = files_fingerprint(paths)
+        (run_dir / "provenance.json").write_text(json.dumps(
+            dict(git_commit=git_commit(), data_hash=data_hash, n_train=len(paths), torch=torch.__version__),
+            indent=1))
+        pca_path = run_dir / "gist_pca.safetensors"
+        if pca_path.exists():
+            pca = PCA.load(pca_path)
+        else:
+            pca = fit_gist256(all_paths, cfg.data.pca_images, cfg.seed)
+            pca.save(pca_path)
+        device = resolve_device(cfg.device)
+        q, k = build_qk_models(cfg.model, cfg.seed)
+        if cfg.method == "moco":
+            k.load_state_dict(q.state_dict())  # the momentum encoder starts as a copy of Q
+        run = cls(cfg, run_dir, paths, device, q.to(device), k.to(device), Gist256(pca).to(device), data_hash)
+        if cfg.method == "moco":
+            run.queue = KeyQueue(cfg.baseline.moco_queue, cfg.model.descriptor_dim, device)
+        if resume:
+            ckpt.load_weights(run.latest, {"q": run.q, "k": run.k})
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            run.tensorboard = SummaryWriter(run_dir / "tensorboard")
+        return run
+
+    @property
+    def latest(self) -> Path:
+        return self.dir / "checkpoints" / "latest"
+
+    @property
+    def feature_dim(self) -> int:
+        return feature_dim(self.q.backbone)
+
+    @property
+    def gist_dim(self) -> int:
+        return self.cfg.model.descriptor_dim
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def global_step(self, phase: int, step: int) -> int:
+        return phase * phase_steps(self.cfg.schedule, len(self.paths), self.cfg.data.batch_size) + step
+
+    def save(self, phase: int, next_step: int, optimizer: torch.optim.Optimizer, tag: str | None = None) -> None:
+        state = dict(phase=phase, next_step=next_step, method=self.cfg.method,
+                     phase_done=next_step >= phase_steps(self.cfg.schedule, len(self.paths),
+                                                         self.cfg.data.batch_size))
+        models = {"q": self.q, "k": self.k}
+        ckpt.save_checkpoint(self.latest, models, state, optimizer)
+        if tag is not None:
+            ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, state)
+
+    def resume_point(self) -> tuple[int, int]:
+        """(segment, step) to continue from: (0, 0) for a new run."""
+        if not self.latest.exists():
+            return 0, 0
+        state = ckpt.read_state(self.latest)
+        if state["phase_done"]:
+            return state["phase"] + 1, 0
+        return state["phase"], state["next_step"]
+
+    def read_evaluations(self) -> list[dict]:
+        path = self.dir / "evaluations.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def evaluate_run(run: Run, benchmark, segment: str) -> dict:
+    """Q on the benchmark's queries, K on its references, exhaustive L2 search, ISC2021 metrics."""
+    size, device = run.cfg.model.image_size, run.device
+    queries = embed_paths(run.q, run.gist256, benchmark.query_paths, size, device=device, desc="queries")
+    refs = embed_paths(run.k, run.gist256, benchmark.reference_paths, size, device=device, desc="references")
+    metrics = evaluate(search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=10),
+                       benchmark.ground_truth)
+    row = dict(method=run.cfg.method, segment=segment, **metrics.as_dict())
+    with open(run.dir / "evaluations.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    log.info("%s %s: µAP %.4f  R@P90 %.4f  recall@1 %.4f", run.cfg.method, segment, metrics.micro_ap,
+             metrics.recall_at_p90, metrics.recall_at_1)
+    return row
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModels:
+    """What a finished (or checkpointed) run gives a user: Q for queries, K for references, and gist256."""
+
+    q: DescriptorModel
+    k: DescriptorModel
+    gist256: Gist256
+    cfg: TrainConfig
+    checkpoint: Path
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the exact (Q, K, PCA) weights: an index built with one refuses queries from another."""
+        from qkcopy.model import param_fingerprint
+        return hashlib.sha256(f"{param_fingerprint(self.q)}/{param_fingerprint(self.k)}/"
+                              f"{self.gist256.fingerprint}".encode()).hexdigest()[:16]
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> TrainedModels:
+    """Load a run directory (its latest checkpoint) or a checkpoint directory inside one."""
+    path = Path(path)
+    run_dir = path if (path / "config.yaml").exists() else path.parent.parent
+    checkpoint = path / "checkpoints" / "latest" if path == run_dir else path
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "gist_pca.safetensors").exists():
+        raise FileNotFoundError(f"{path} is not a qkcopy run directory or checkpoint (expected config.yaml "
+                                "and gist_pca.safetensors in the run directory)")
+    cfg = load_config(run_dir / "config.yaml")
+    q, k = build_qk_models(dataclasses.replace(cfg.model, weights=None), cfg.seed)
+    ckpt.load_weights(checkpoint, {"q": q, "k": k})
+    gist256 = Gist256(PCA.load(run_dir / "gist_pca.safetensors"))
+    dev = resolve_device(device)
+    return TrainedModels(q.eval().to(dev), k.eval().to(dev), gist256.to(dev), cfg, checkpoint)

@@ -1,0 +1,207 @@
+"""QK Iteration: the training loop over phases Q1, K1, Q2, K2, Q3 … and the SimCLR/MoCo comparisons.
+
+Letters: B batch, N training images (= bank rows), D backbone dim, G gist256 dim, E descriptor dim.
+
+A Q phase freezes K's backbone, bulk-evaluates it over the original training images into a bank, and trains
+Q's backbone and head and K's head against all N rows every step. A K phase freezes Q's backbone on one fixed
+augmented query per image and trains K fully and Q's head. SimCLR/MoCo runs use the same segments (equal steps)
+so that every method is evaluated at the same step counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from qkcopy import checkpoint as ckpt
+from qkcopy.augment import derive_seed
+from qkcopy.bank import Bank, BankHeader, StaleBankError, write_bank
+from qkcopy.colearn import colearn_loss
+from qkcopy.config import TrainConfig, lr_at, phase_steps
+from qkcopy.contrastive import KeyQueue, moco_loss, momentum_update, simclr_loss
+from qkcopy.data import BANK_STREAM, PhaseBatches, TrainImages, query_seed
+from qkcopy.model import param_fingerprint
+from qkcopy.optim import make_optimizer, set_lr
+from qkcopy.run import Run, evaluate_run
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+def segment_names(cfg: TrainConfig) -> list[str]:
+    """Q1, K1, Q2, … — the phase names, also used as evaluation points for the comparison methods."""
+    counts: dict[str, int] = {}
+    names = []
+    for side in cfg.schedule.phases:
+        counts[side] = counts.get(side, 0) + 1
+        names.append(f"{side}{counts[side]}")
+    return names
+
+
+def _loader(run: Run, batches: torch.utils.data.Sampler, pairs: bool = False) -> torch.utils.data.DataLoader:
+    dataset = TrainImages(run.paths, run.cfg.model.image_size, run.cfg.data.strength, pairs=pairs)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=run.cfg.data.workers,
+                                       pin_memory=run.device.type == "cuda")
+
+
+def build_bank(run: Run, phase: int, side: str) -> Bank:
+    """The frozen side's bank for a phase: reused from disk when it still matches, else rebuilt."""
+    frozen, bank_side = (run.k, "K") if side == "Q" else (run.q, "Q")
+    bank_seed = derive_seed(BANK_STREAM, run.cfg.seed, phase) if bank_side == "Q" else None
+    recipe = f"{run.data_hash}/{run.cfg.model.image_size}/{run.gist256.fingerprint}/{bank_side}/{bank_seed}/" \
+             f"{run.cfg.data.strength}"
+    data_hash = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    model_hash = param_fingerprint(frozen.backbone)
+    path = run.dir / "banks" / f"phase{phase}-{bank_side}.bank"
+    try:
+        return Bank.open(path, model_hash=model_hash, data_hash=data_hash)
+    except FileNotFoundError:
+        pass
+    except StaleBankError as err:
+        log.warning("%s", err)
+    n, bs = len(run.paths), run.cfg.data.batch_size * 2
+    keys = [(i, query_seed(bank_seed, phase, 0, i) if bank_seed is not None else None) for i in range(n)]
+    loader = _loader(run, [keys[s:s + bs] for s in range(0, n, bs)])
+    header = BankHeader(n_rows=n, feature_dim=run.feature_dim, gist_dim=run.gist_dim, model_hash=model_hash,
+                        data_hash=data_hash, side=bank_side)
+
+    def rows():
+        frozen.eval()
+        with torch.no_grad():
+            for index, pixels, gist_pixels in tqdm(loader, desc=f"bank {bank_side} (phase {phase + 1})",
+                                                   unit="batch", leave=False, disable=not run.is_main):
+                pixels, gist_pixels = pixels.to(run.device), gist_pixels.to(run.device)
+                with run.autocast():
+                    feat = frozen.features(pixels)  # (b, D)
+                yield index, torch.cat([feat.float(), run.gist256(gist_pixels)], 1)  # (b, D + G)
+
+    return write_bank(path, header, rows())
+
+
+def _trainable(run: Run, side: str) -> list[torch.nn.Parameter]:
+    """Parameters trained in a phase; the frozen backbone gets requires_grad=False."""
+    method, cfg = run.cfg.method, run.cfg.schedule
+    for model in (run.q, run.k):
+        model.unfreeze_backbone()
+    if method == "simclr":
+        models = [run.q, run.k]
+    elif method == "moco":
+        run.k.freeze_backbone()
+        run.k.head.requires_grad_(False)
+        models = [run.q]
+    else:
+        trained, frozen = (run.q, run.k) if side == "Q" else (run.k, run.q)
+        frozen.freeze_backbone()
+        frozen.head.requires_grad_(not cfg.full_freeze)
+        models = [trained, frozen]
+    return [p for m in models for p in m.parameters() if p.requires_grad]
+
+
+def _step(run: Run, side: str, batch, bank: Bank | None, queue: KeyQueue | None):
+    index = batch[0].to(run.device)
+    tensors = [t.to(run.device, non_blocking=True) for t in batch[1:]]
+    g256 = [run.gist256(t) for t in tensors[1::2]]  # gist256 of each image in the item, (B, G)
+    method = run.cfg.method
+    if method == "qk":
+        trained, frozen = (run.q, run.k) if side == "Q" else (run.k, run.q)
+        with run.autocast():
+            desc = trained(tensors[0], g256[0])  # (B, E)
+        return colearn_loss(desc.float(), index, frozen.head, bank.chunks(run.cfg.bank_chunk_rows, run.device),
+                            lambda rows: bank.take(rows, run.device), run.feature_dim, run.cfg.loss)
+    with run.autocast():
+        queries = run.q(tensors[0], g256[0])  # (B, E)
+        if method == "simclr":
+            return simclr_loss(queries.float(), run.k(tensors[2], g256[1]).float(), run.cfg.loss)
+        with torch.no_grad():
+            keys = run.k(tensors[2], g256[1])  # (B, E) momentum encoder
+    return moco_loss(queries.float(), keys.float(), queue, run.cfg.loss)
+
+
+def _log_step(run: Run, record: dict) -> None:
+    with open(run.dir / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if run.tensorboard is not None:
+        for key in ("loss", "loss_pos", "loss_neg", "lr", "d2_pos_mean", "d2_neg_mean"):
+            run.tensorboard.add_scalar(key, record[key], record["global_step"])
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when the requested number of steps is reached (after a checkpoint)."""
+
+
+def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None = None) -> None:
+    """Train segment `phase` (a QK phase, or an equal-length stretch of a comparison method) from `start`."""
+    cfg, side, name = run.cfg, run.cfg.schedule.phases[phase], segment_names(run.cfg)[phase]
+    total = phase_steps(cfg.schedule, len(run.paths), cfg.data.batch_size)
+    bank = build_bank(run, phase, side) if cfg.method == "qk" else None
+    optimizer = make_optimizer(_trainable(run, side), cfg.optim)
+    if start > 0:
+        ckpt.load_optimizer(run.latest, optimizer)
+    queries = cfg.method != "qk" or side == "Q"
+    batches = PhaseBatches(len(run.paths), cfg.data.batch_size, total, cfg.seed, phase, queries, start)
+    loader = _loader(run, batches, pairs=cfg.method != "qk")
+    run.q.train(), run.k.train()
+    bar = tqdm(loader, desc=f"{cfg.method} {name}", total=total, initial=start, unit="step",
+               disable=not run.is_main)
+    for step, batch in enumerate(bar, start=start):
+        lr = lr_at(step, total, cfg.optim)
+        set_lr(optimizer, lr)
+        t0 = time.perf_counter()
+        result = _step(run, side, batch, bank, run.queue)
+        loss = result.loss.total
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{name} step {step}: loss is {loss.item()}; stopped. The last good "
+                                   f"checkpoint {run.latest} is intact; lower optim.lr or check the data.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.method == "moco":
+            momentum_update(run.k, run.q, cfg.baseline.moco_momentum)
+        record = dict(segment=name, phase=phase, step=step, global_step=run.global_step(phase, step), lr=lr,
+                      loss=loss.item(), loss_pos=result.loss.pos.item(), loss_neg=result.loss.neg.item(),
+                      d2_pos_mean=result.d2_pos.mean().item(), d2_neg_min=result.d2_neg.min().item(),
+                      d2_neg_mean=result.d2_neg.mean().item(), d2_neg_max=result.d2_neg.max().item(),
+                      seconds=time.perf_counter() - t0)
+        _log_step(run, record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        stop = stop_after_steps is not None and record["global_step"] + 1 >= stop_after_steps
+        if step + 1 < total and (stop or (step + 1) % cfg.schedule.checkpoint_every == 0):
+            run.save(phase, step + 1, optimizer)
+        if stop and step + 1 < total:
+            raise StopRequested
+    run.save(phase, total, optimizer, tag=name)
+    if stop_after_steps is not None and run.global_step(phase, total) >= stop_after_steps:
+        raise StopRequested
+
+
+def train(cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, benchmark=None,
+          resume: bool = False, stop_after_steps: int | None = None) -> list[dict]:
+    """Run every segment of the schedule, evaluating on `benchmark` (if given) after each; returns the rows.
+
+    stop_after_steps: stop cleanly, with a checkpoint, once this many steps in total are done (time-boxing a
+    long run); `resume=True` continues exactly where it stopped.
+    """
+    run = Run.open(cfg, train_paths, run_dir, resume)
+    phase, start = run.resume_point()
+    rows = run.read_evaluations()
+    for p in range(phase, len(cfg.schedule.phases)):
+        try:
+            run_segment(run, p, start if p == phase else 0, stop_after_steps)
+        except StopRequested:
+            log.info("stopped after %d steps as asked; continue with --resume", stop_after_steps)
+            if benchmark is not None and run.resume_point()[1] == 0:
+                rows.append(evaluate_run(run, benchmark, segment_names(cfg)[p]))
+            return rows
+        if benchmark is not None:
+            rows.append(evaluate_run(run, benchmark, segment_names(cfg)[p]))
+    return rows
