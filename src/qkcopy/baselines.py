@@ -1,0 +1,178 @@
+"""Non-learned baselines in one harness: describe, search, evaluate and record, the same way for each method.
+
+Methods:
+  * ``gist``  — GIST 960-d (qkcopy.gist, the ISC2021 baseline's lear_gist numbers) then PCA to 256, fitted on
+    the benchmark's TRAINING images only (at most `pca_max_train` of them, a seeded random subset), never on
+    references or queries;
+  * ``pdq``, ``phash``, ``tiny`` — qkcopy.hashes (hash bits as 0/1 floats: squared L2 = Hamming distance).
+Every method goes through the same exhaustive faiss L2 search (qkcopy.search, score = −squared L2) and the
+ISC2021 metrics. Unreadable images are skipped and counted: a skipped query gets no prediction (its match
+counts as missed), a skipped reference cannot be found.
+
+A run directory holds: summary.json (metrics, method, options, seconds per stage, skip counts, git commit),
+predictions.csv, pr_curve.png, queries.h5 and references.h5 (ISC2021 descriptor files) and, for GIST,
+gist_pca.safetensors.
+
+Letters: N images, E descriptor dim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qkcopy.benchmark import Benchmark
+from qkcopy.descriptors import write_isc_h5
+from qkcopy.gist import compute_gist
+from qkcopy.hashes import HASHES, hash_descriptors
+from qkcopy.images import SkipLog, iter_images
+from qkcopy.metrics import Metrics, evaluate
+from qkcopy.pca import PCA
+from qkcopy.plots import plot_pr_curves
+from qkcopy.search import search_predictions
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gist", *HASHES)
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """Settings besides the search's k / max_results. Defaults are the ISC2021 GIST baseline's."""
+
+    pca_dim: int = 256
+    pca_max_train: int = 5000  # training images used to fit the GIST PCA (seeded random subset)
+    seed: int = 0  # picks that subset
+    batch_size: int = 256  # GIST batch
+
+    def __post_init__(self) -> None:
+        if self.pca_dim < 1 or self.pca_max_train < 1 or self.batch_size < 1:
+            raise ValueError(f"pca_dim, pca_max_train and batch_size must be >= 1, got {self}")
+
+
+def git_commit() -> str:
+    """HEAD of the repository this file lives in, or "unknown"."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def gist_descriptors(paths: Sequence[Path], skips: SkipLog, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """GIST of the readable images of `paths`: (vecs (K, 960) float32, kept (K,) int64 indices into paths)."""
+    kept: list[int] = []
+
+    def readable():
+        for i, _path, img in iter_images(paths, skips):
+            kept.append(i)
+            yield img
+
+    vecs = compute_gist(readable(), batch_size=batch_size)  # (K, 960) float32
+    return vecs.astype(np.float32, copy=False), np.asarray(kept, dtype=np.int64)
+
+
+def fit_gist_pca(train_paths: Sequence[Path], options: BaselineOptions, skips: SkipLog) -> PCA:
+    """PCA of the GIST of at most `pca_max_train` training images (seeded subset, in path order)."""
+    paths = list(train_paths)
+    if len(paths) > options.pca_max_train:
+        picked = sorted(random.Random(options.seed).sample(range(len(paths)), options.pca_max_train))
+        paths = [paths[i] for i in picked]
+    if len(paths) < options.pca_dim:
+        raise ValueError(f"the GIST PCA to {options.pca_dim} dims needs at least {options.pca_dim} training "
+                         f"images, the benchmark has {len(paths)}; add training images or lower pca_dim")
+    vecs, _ = gist_descriptors(paths, skips, options.batch_size)
+    return PCA.fit(vecs, dim=options.pca_dim)
+
+
+def _describe(method: str, paths: Sequence[Path], skips: SkipLog, pca: PCA | None,
+              options: BaselineOptions, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if method == "gist":
+        vecs, kept = gist_descriptors(paths, skips, options.batch_size)
+        return (pca.transform(vecs) if len(vecs) else np.zeros((0, pca.out_dim), np.float32)), kept
+    return hash_descriptors(method, paths, skips, desc=f"{method} {what}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def run_baseline(method: str, benchmark: Benchmark, out_dir: str | Path, k: int | None = 10,
+                 max_results: int | None = None, options: BaselineOptions = BaselineOptions()) -> Metrics:
+    """Describe the benchmark's queries and references with `method`, search, evaluate, record in `out_dir`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline method {method!r}; expected one of {', '.join(METHODS)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"run directory {out_dir} exists and is not empty; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    skips = {"train": SkipLog(), "queries": SkipLog(), "references": SkipLog()}
+    start = tick = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        seconds[stage] = round(now - tick, 3)
+        tick = now
+
+    pca = None
+    if method == "gist":
+        pca = fit_gist_pca(benchmark.train_paths, options, skips["train"])
+        pca.save(out_dir / "gist_pca.safetensors")
+        lap("pca_fit")
+    described = {}
+    for what, ids, paths in (("queries", benchmark.query_ids, benchmark.query_paths),
+                             ("references", benchmark.reference_ids, benchmark.reference_paths)):
+        vecs, kept = _describe(method, paths, skips[what], pca, options, what)
+        kept_ids = [ids[i] for i in kept]
+        write_isc_h5(out_dir / f"{what}.h5", kept_ids, vecs)
+        described[what] = (kept_ids, vecs)
+        lap(what)
+    if not described["references"][0]:
+        raise ValueError(f"no reference image of {benchmark.root} could be read; nothing to search")
+
+    preds = search_predictions(*described["queries"], *described["references"], k=k, max_results=max_results)
+    preds.to_csv(out_dir / "predictions.csv")
+    lap("search")
+    metrics = evaluate(preds, benchmark.ground_truth)
+    lap("evaluate")
+    plot_pr_curves({method: metrics}, out_dir / "pr_curve.png",
+                   title=f"{method} on {benchmark.root.name or benchmark.root}")
+    seconds["total"] = round(time.perf_counter() - start, 3)
+    for what, log_ in skips.items():
+        if log_.count:
+            log_.report(log, f"{what} images")
+
+    _write_json(out_dir / "summary.json", {
+        "method": method,
+        "metrics": metrics.as_dict(),
+        "options": {"k": k, "max_results": max_results, **(asdict(options) if method == "gist" else {})},
+        "descriptor_dim": int(described["references"][1].shape[1]),
+        "pca_fingerprint": None if pca is None else pca.fingerprint(),
+        "benchmark": {"root": str(benchmark.root.resolve()), "layout": benchmark.layout,
+                      "queries": len(benchmark.query_ids), "references": len(benchmark.reference_ids),
+                      "train": len(benchmark.train_ids), "matched": benchmark.n_matched},
+        "skipped": {what: s.count for what, s in skips.items()},
+        "seconds": seconds,
+        "git_commit": git_commit(),
+    })
+    log.info("%s: µAP %.4f  R@P90 %.4f  R@1 %.4f  in %.1f s -> %s", method, metrics.micro_ap,
+             metrics.recall_at_p90, metrics.recall_at_1, seconds["total"], out_dir)
+    return metrics
