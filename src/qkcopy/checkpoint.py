@@ -35,7 +35,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def save_checkpoint(path: str | Path, models: dict[str, torch.nn.Module], state: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None,
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write models (and optimizer, and extra tensors such as a MoCo queue) atomically into directory `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -43,6 +45,7 @@ def save_checkpoint(path: str | Path, models: dict[str, torch.nn.Module], state:
     weights = {}
     for name, model in models.items():
         weights.update(_flatten(f"{name}.", model.state_dict()))
+    weights.update(_flatten("extra.", extra or {}))
     save_file(weights, tmp / "weights.safetensors")
     state = dict(state)
     if optimizer is not None:
@@ -77,6 +80,11 @@ def load_weights(path: str | Path, models: dict[str, torch.nn.Module]) -> None:
         if missing or unexpected:
             raise ValueError(f"checkpoint {path}, model {name!r}: missing keys {missing[:5]}, "
                              f"unexpected keys {unexpected[:5]}")
+
+
+def load_extra(path: str | Path) -> dict[str, torch.Tensor]:
+    weights = load_file(Path(path) / "weights.safetensors")
+    return {k[len("extra."):]: v for k, v in weights.items() if k.startswith("extra.")}
 
 
 def load_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> None:

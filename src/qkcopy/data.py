@@ -127,12 +127,13 @@ class Gist256(torch.nn.Module):
         return self.pca(self.gist(gist_pixels.float()))  # (B, G) float32
 
 
-def fit_gist256(paths: Sequence[Path], n_images: int, seed: int, batch_size: int = 256) -> PCA:
-    """Fit the GIST PCA on (a sample of) TRAINING images only — never on references."""
+def fit_gist256(paths: Sequence[Path], n_images: int, seed: int, dim: int = 256, batch_size: int = 256) -> PCA:
+    """Fit the GIST PCA (960 → dim, the descriptor size) on a sample of TRAINING images only — never on
+    references."""
     g = np.random.default_rng(seed)
     chosen = sorted(g.choice(len(paths), size=min(n_images, len(paths)), replace=False).tolist())
     gist, rows = Gist(), []
     for start in tqdm(range(0, len(chosen), batch_size), desc="GIST for PCA", unit="batch", leave=False):
         pixels = torch.stack([gist_input(load_image(paths[i])) for i in chosen[start:start + batch_size]])
         rows.append(gist(pixels).numpy())
-    return PCA.fit(np.concatenate(rows))
+    return PCA.fit(np.concatenate(rows), dim=dim)

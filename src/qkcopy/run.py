@@ -94,7 +94,7 @@ class Run:
         if pca_path.exists():
             pca = PCA.load(pca_path)
         else:
-            pca = fit_gist256(all_paths, cfg.data.pca_images, cfg.seed)
+            pca = fit_gist256(all_paths, cfg.data.pca_images, cfg.seed, cfg.model.descriptor_dim)
             pca.save(pca_path)
         device = resolve_device(cfg.device)
         q, k = build_qk_models(cfg.model, cfg.seed)
@@ -105,6 +105,8 @@ class Run:
             run.queue = KeyQueue(cfg.baseline.moco_queue, cfg.model.descriptor_dim, device)
         if resume:
             ckpt.load_weights(run.latest, {"q": run.q, "k": run.k})
+            if run.queue is not None:
+                run.queue.keys = ckpt.load_extra(run.latest)["moco_queue"].to(device)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
             run.tensorboard = SummaryWriter(run_dir / "tensorboard")
@@ -135,7 +137,8 @@ class Run:
                      phase_done=next_step >= phase_steps(self.cfg.schedule, len(self.paths),
                                                          self.cfg.data.batch_size))
         models = {"q": self.q, "k": self.k}
-        ckpt.save_checkpoint(self.latest, models, state, optimizer)
+        extra = {"moco_queue": self.queue.keys} if self.queue is not None else None
+        ckpt.save_checkpoint(self.latest, models, state, optimizer, extra)
         if tag is not None:
             ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, state)
 

@@ -165,6 +165,9 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if not all(torch.isfinite(p).all() for group in optimizer.param_groups for p in group["params"]):
+            raise TrainingDiverged(f"{name} step {step}: the update made weights NaN or inf; stopped. The last "
+                                   f"good checkpoint {run.latest} is intact; lower optim.lr.")
         if cfg.method == "moco":
             momentum_update(run.k, run.q, cfg.baseline.moco_momentum)
         record = dict(segment=name, phase=phase, step=step, global_step=run.global_step(phase, step), lr=lr,
