@@ -1,0 +1,37 @@
+"""`qkcopy embed`: descriptors of a folder of images (Q model for queries, K for references), resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="descriptors of a folder of images (ISC2021 h5 + npy), in resumable shards",
+                       description=__doc__)
+    p.add_argument("--model", type=Path, required=True, help="run directory (or a checkpoint inside one)")
+    p.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
+    p.add_argument("--side", choices=("query", "reference"), required=True,
+                   help="query: Q model; reference: K model (index references with K, search with Q)")
+    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.h5, PREFIX.npy, "
+                                                           "PREFIX_ids.txt, PREFIX.meta.json")
+    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per resumable shard [10000]")
+    p.add_argument("--keep-shards", action="store_true", help="keep PREFIX.shards/ after merging")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkcopy.collection import embed_collection
+    from qkcopy.images import scan_images
+    from qkcopy.run import load_trained
+
+    trained = load_trained(args.model, args.device)
+    result = embed_collection(trained, scan_images(args.images), args.side, args.out, batch_size=args.batch,
+                              workers=args.workers, shard_size=args.shard_size, keep_shards=args.keep_shards)
+    print(f"{len(result.ids)} {args.side} descriptors ({result.vectors.shape[1]}-d, model {trained.fingerprint}) "
+          f"→ {result.prefix}.h5, {result.prefix}.npy; {len(result.skipped)} unreadable images skipped; "
+          f"{result.shards_embedded} shards embedded, {result.shards_reused} reused")
+    return 0

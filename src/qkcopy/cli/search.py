@@ -1,0 +1,47 @@
+"""`qkcopy search`: which indexed references are the given images copies of? Rows (query, reference, score,
+is_copy), score = −squared L2, is_copy from the threshold calibrated by `qkcopy eval`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search images among an index's references: copy or not a copy",
+                       description=__doc__)
+    p.add_argument("--model", type=Path, required=True, help="run directory (the one that built the index)")
+    p.add_argument("--index", type=Path, required=True, help="index directory from `qkcopy index`")
+    p.add_argument("--images", type=Path, help="folder of query images (searched recursively)")
+    p.add_argument("files", nargs="*", type=Path, help="query image files (or folders)")
+    p.add_argument("--k", type=int, default=10, help="references returned per image [10]")
+    p.add_argument("--threshold", help="threshold.json from `qkcopy eval` (or its folder), or a score value; "
+                                       "pairs scoring at or above it are copies [none: rank only]")
+    p.add_argument("--nprobe", type=int, help="IVF cells searched [the index's default]")
+    p.add_argument("--out", type=Path, required=True, help="results file, .csv or .json")
+    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkcopy.calibrate import load_threshold
+    from qkcopy.copies import find_copies, write_matches
+    from qkcopy.images import scan_images
+    from qkcopy.index import ReferenceIndex
+    from qkcopy.run import load_trained
+
+    sources = ([args.images] if args.images else []) + list(args.files)
+    if not sources:
+        raise ValueError("give query images: --images DIR or image files")
+    paths = [q for p in sources for q in (scan_images(p) if p.is_dir() else [p])]
+    trained = load_trained(args.model, args.device)
+    index = ReferenceIndex.load(args.index)
+    threshold = load_threshold(args.threshold, trained.fingerprint) if args.threshold else None
+    result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
+                         batch_size=args.batch, workers=args.workers)
+    write_matches(result, args.out)
+    print(result.summary())
+    print(f"results: {args.out}")
+    return 0
