@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from photo_pool import make_photos
-from qkcopy.baselines import BaselineOptions, fit_gist_pca, gist_descriptors, run_baseline
+from qkcopy.baselines import BaselineOptions, fit_gist_pca, gist_descriptors, plot_runs, run_baseline
 from qkcopy.benchmark import load_benchmark
 from qkcopy.cli import main
 from qkcopy.descriptors import read_isc_h5
@@ -116,11 +116,13 @@ def test_refusals(bench, tmp_path):
 
 
 def test_plot_pr_curves_several(gist_run, tmp_path):
-    _, metrics = gist_run
+    run, metrics = gist_run
     path = plot_pr_curves({"a": metrics, "b": metrics}, tmp_path / "sub" / "pr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     with pytest.raises(ValueError):
         plot_pr_curves({}, tmp_path / "none.png")
+    both = plot_runs([run, run], tmp_path / "runs.png")
+    assert both.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_make_benchmark_then_baselines(tmp_path, capsys):

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qkcopy.benchmark import Benchmark
+from qkcopy.benchmark import Benchmark, load_benchmark
 from qkcopy.descriptors import write_isc_h5
 from qkcopy.gist import compute_gist
 from qkcopy.hashes import HASHES, hash_descriptors
 from qkcopy.images import SkipLog, iter_images
-from qkcopy.metrics import Metrics, evaluate
+from qkcopy.metrics import Metrics, Predictions, evaluate
 from qkcopy.pca import PCA
 from qkcopy.plots import plot_pr_curves
 from qkcopy.search import search_predictions
@@ -176,3 +176,19 @@ def run_baseline(method: str, benchmark: Benchmark, out_dir: str | Path, k: int 
     log.info("%s: µAP %.4f  R@P90 %.4f  R@1 %.4f  in %.1f s -> %s", method, metrics.micro_ap,
              metrics.recall_at_p90, metrics.recall_at_1, seconds["total"], out_dir)
     return metrics
+
+
+def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, title: str | None = None) -> Path:
+    """One PNG with the PR curves of several run directories (re-evaluated from their predictions.csv).
+
+    Curves are labelled by method, with the run folder's name added when two runs share a method.
+    """
+    curves: dict[str, Metrics] = {}
+    for run in map(Path, run_dirs):
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        gt = load_benchmark(summary["benchmark"]["root"]).ground_truth
+        label = summary["method"] if summary["method"] not in curves else f"{summary['method']} ({run.name})"
+        while label in curves:
+            label += "'"
+        curves[label] = evaluate(Predictions.from_csv(run / "predictions.csv"), gt)
+    return plot_pr_curves(curves, path, title=title)
