@@ -100,6 +100,6 @@ def test_calibrate_end_to_end(tiny_run, tiny_benchmark, tmp_path):
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["raw"]["micro_ap"] == pytest.approx(cal.metrics.micro_ap)
     assert summary["normalized"]["micro_ap"] == pytest.approx(cal.normalized.micro_ap)
-    assert summary["normalized"]["beta"] == 2.0 and summary["normalized"]["n_background"] == 10
+    assert summary["normalized"]["beta"] == 1.0 and summary["normalized"]["n_background"] == 10
     norm = Predictions.from_csv(tmp_path / "eval" / "predictions_normalized.csv")
     assert norm.query_ids.tolist() == preds.query_ids.tolist()  # same candidates, shifted per query

@@ -115,3 +115,14 @@ def test_default_nlist_keeps_enough_points_per_cell():
 def test_load_refuses_a_folder_that_is_not_an_index(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing index.faiss, ids.txt, meta.json"):
         ReferenceIndex.load(tmp_path)
+
+
+def test_load_refuses_ids_that_do_not_match_the_vectors(tmp_path):
+    build_index(_ids(5), _vectors(5), "fp1").save(tmp_path / "idx")
+    ids = tmp_path / "idx" / "ids.txt"
+    ids.write_text("".join(f"{i}\n" for i in _ids(4)))  # one id missing
+    with pytest.raises(ValueError, match="5 vectors of dim 16, 4 ids"):
+        ReferenceIndex.load(tmp_path / "idx")
+    ids.write_text("".join(f"{i}\n" for i in ["a", "b", "c", "d", "a"]))
+    with pytest.raises(ValueError, match="duplicated ids, e.g. a"):
+        ReferenceIndex.load(tmp_path / "idx")

@@ -200,7 +200,7 @@ def build_index(ids: Sequence[str], vectors: np.ndarray, fingerprint: str, kind:
         index.train(vectors)
         params.update(nlist=nlist, nprobe=nprobe or max(1, min(nlist, 16)))
     index.add(vectors)
-    log.info("built %s index over %d references (E=%d) %s", kind, n, dim, params or "")
+    log.info("built %s index over %d references (E=%d)%s", kind, n, dim, f" {params}" if params else "")
     return ReferenceIndex(index, ids, fingerprint, kind, params)
 
 

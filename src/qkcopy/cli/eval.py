@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10, help="references per query [10]")
     p.add_argument("--normalize", action="store_true",
                    help="also report ISC-style score normalisation against the benchmark's training images")
-    p.add_argument("--beta", type=float, default=2.0, help="normalisation weight β [2.0]")
+    p.add_argument("--beta", type=float, default=1.0, help="normalisation weight β [1.0]")
     p.add_argument("--n-background", type=int, default=10, help="normalise by the n-th nearest background "
                                                                 "image [10]")
     p.add_argument("--max-background", type=int, help="use only the first N training images as background")
