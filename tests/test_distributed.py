@@ -1,0 +1,173 @@
+"""The sharded QK step equals one process's `colearn_loss` on the same global batch (gloo, 2 and 3 processes)."""
+
+import logging
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from qkcopy.colearn import colearn_loss
+from qkcopy.distributed import (Dist, MainRankOnly, ShardedBatches, choose_chunk_rows, gather_rows, init,
+                                shard_chunks, shard_range, sharded_colearn_loss, sharded_indices, smallest_pairs)
+from qkcopy.loss import LossConfig
+
+D, G, E, N, B = 12, 6, 6, 37, 7
+CFG = LossConfig(tau=0.5, negatives_per_positive=3)
+
+
+class TinyHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(D + G, 16), nn.ReLU(), nn.Linear(16, E))
+
+    def forward(self, feat, g):
+        return 0.1 * self.ffn(torch.cat([feat, g], 1)) + g
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    encoder, head = nn.Linear(9, E), TinyHead()
+    x = torch.randn(B, 9)
+    bank = torch.randn(N, D + G).half()
+    bank[30] = bank[4]  # a duplicate row in the other shard: tied distances
+    positive_rows = torch.tensor([36, 0, 18, 19, 5, 30, 12])  # rows at both shard edges
+    return encoder, head, x, bank, positive_rows
+
+
+def _grads(*modules):
+    return [p.grad.clone() for m in modules for p in m.parameters()]
+
+
+def _single_process(encoder, head, x, bank, positive_rows):
+    """The reference: one process, whole batch, whole bank."""
+    chunks = [(s, bank[s:s + 8].float()) for s in range(0, N, 8)]
+    result = colearn_loss(encoder(x), positive_rows, head, chunks, lambda i: bank[i].float(), D, CFG)
+    result.loss.total.backward()
+    grads = _grads(encoder, head)
+    encoder.zero_grad(), head.zero_grad()
+    return result, grads
+
+
+def _sharded(dist: Dist, encoder, head, x, bank, positive_rows, chunk_rows=5):
+    lo, hi = shard_range(B, dist.rank, dist.world)  # this rank's part of the global batch
+    shard = shard_range(N, dist.rank, dist.world)  # this rank's part of the bank
+    result = sharded_colearn_loss(encoder(x[lo:hi]), positive_rows[lo:hi], head,
+                                  shard_chunks(bank, shard, chunk_rows), lambda i: bank[i].float(),
+                                  shard, D, CFG, dist)
+    result.loss.total.backward()
+    dist.all_reduce_mean_grads([*encoder.parameters(), *head.parameters()])
+    return result, _grads(encoder, head)
+
+
+def _assert_same(got, want):
+    (result, grads), (ref, ref_grads) = got, want
+    torch.testing.assert_close(result.loss.total, ref.loss.total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.d2_pos, ref.d2_pos, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.d2_neg, ref.d2_neg, rtol=1e-5, atol=1e-6)
+    for g, w in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def _worker(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist = init("cpu")
+    assert (dist.rank, dist.world, dist.is_main) == (rank, world, rank == 0)
+    encoder, head, x, bank, positive_rows = _setup()
+    want = _single_process(encoder, head, x, bank, positive_rows)
+    _assert_same(_sharded(dist, encoder, head, x, bank, positive_rows), want)
+
+    # variable sizes, merged in id order: rank r holds ids r, r+W, … in reverse, rows = 10·id
+    ids = torch.arange(rank, 11, world).flip(0)
+    merged_ids, rows = gather_rows(ids, (ids * 10).float()[:, None].repeat(1, 2), 11, dist)
+    assert merged_ids.tolist() == list(range(11))
+    assert rows[:, 1].tolist() == [10.0 * i for i in range(11)]
+    gathered = dist.all_gather_cat(torch.full((rank + 1,), rank))
+    assert gathered.tolist() == [r for r in range(world) for _ in range(r + 1)]
+    dist.barrier()
+    dist.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_sharded_step_equals_one_process(world):
+    """N = 37 rows over 2 or 3 ranks, global batch 7 split unevenly; loss, distances and grads all match."""
+    mp.spawn(_worker, args=(world, _free_port()), nprocs=world, join=True)
+
+
+def test_single_process_path_equals_colearn(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    dist = init("cpu")
+    assert (dist.rank, dist.world, dist.local_rank, dist.is_main, dist.device.type) == (0, 1, 0, True, "cpu")
+    encoder, head, x, bank, positive_rows = _setup(seed=1)
+    want = _single_process(encoder, head, x, bank, positive_rows)
+    _assert_same(_sharded(dist, encoder, head, x, bank, positive_rows, chunk_rows=N), want)
+
+
+def test_positive_outside_the_shards_is_an_error():
+    encoder, head, x, bank, positive_rows = _setup()
+    with pytest.raises(ValueError, match="outside the bank"):
+        sharded_colearn_loss(encoder(x), positive_rows, head, shard_chunks(bank, (0, 30), 8),
+                             lambda i: bank[i].float(), (0, 30), D, CFG, Dist())
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 8])
+def test_shards_tile_without_loss_or_duplicates(world):
+    for n in range(0, 41):
+        ranges = [shard_range(n, r, world) for r in range(world)]
+        rows = [i for start, stop in ranges for i in range(start, stop)]
+        assert rows == list(range(n))
+        sizes = [stop - start for start, stop in ranges]
+        assert max(sizes) - min(sizes) <= 1
+    assert sharded_indices(37, Dist(rank=1, world=2)).tolist() == list(range(19, 37))
+    with pytest.raises(ValueError):
+        shard_range(10, world, world)
+
+
+def test_gather_rows_single_process_sorts_and_refuses_duplicates():
+    ids, rows = gather_rows(torch.tensor([3, 0, 2]), torch.tensor([[3.0], [0.0], [2.0]]), 4, Dist())
+    assert ids.tolist() == [0, 2, 3] and rows[:, 0].tolist() == [0.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="twice"):
+        gather_rows(torch.tensor([1, 1]), torch.zeros(2, 1), 4, Dist())
+    with pytest.raises(ValueError, match="0 … 3"):
+        gather_rows(torch.tensor([4]), torch.zeros(1, 1), 4, Dist())
+
+
+def test_smallest_pairs_breaks_ties_by_batch_then_row():
+    values = torch.tensor([1.0, 0.5, 1.0, 1.0, 2.0, 1.0])
+    batch = torch.tensor([2, 0, 1, 1, 0, 0])
+    rows = torch.tensor([0, 9, 7, 3, 1, 8])
+    v, b, r = smallest_pairs(values, batch, rows, 4)
+    assert v.tolist() == [0.5, 1.0, 1.0, 1.0]
+    assert list(zip(b.tolist(), r.tolist())) == [(0, 9), (0, 8), (1, 3), (1, 7)]
+
+
+def test_sharded_batches_split_each_global_batch():
+    batches = [list(range(7)), list(range(7, 14))]
+    parts = [list(ShardedBatches(batches, Dist(rank=r, world=2))) for r in range(2)]
+    assert parts[0] == [[0, 1, 2, 3], [7, 8, 9, 10]] and parts[1] == [[4, 5, 6], [11, 12, 13]]
+    assert len(ShardedBatches(batches, Dist(rank=1, world=2))) == 2
+
+
+def test_log_filter_silences_info_on_other_ranks():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+    warning = logging.LogRecord("x", logging.WARNING, __file__, 1, "careful", None, None)
+    assert MainRankOnly(0).filter(record) and not MainRankOnly(1).filter(record)
+    assert MainRankOnly(1).filter(warning)
+
+
+def test_chunk_rows_follow_free_memory():
+    per_row = 2 * 1536 + 8 * 1536 + 4 * 1024 + 4 * 256 + 8 * 32  # 20 736 bytes
+    assert choose_chunk_rows(8 << 30, 32, 1536, 1024, 256) == (4 << 30) // per_row // 1024 * 1024
+    assert choose_chunk_rows(1 << 20, 32, 1536, 1024, 256) == 1024  # never below one multiple
+    assert choose_chunk_rows(1 << 50, 32, 1536, 1024, 256) == 1 << 20  # capped
