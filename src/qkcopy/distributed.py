@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
-import torch.distributed.nn.functional as tdist_nn
+from torch.distributed._functional_collectives import all_gather_single
 
 from qkcopy.colearn import HeadFn, StepResult, mine_hard_negatives, pair_loss
 from qkcopy.loss import LossConfig
@@ -77,8 +77,8 @@ class Dist:
         sizes = [int(s) for s in sizes]
         pad = max(sizes) - t.shape[0]
         padded = torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t.contiguous()  # equal shapes
-        if differentiable:
-            parts = tdist_nn.all_gather(padded)
+        if differentiable:  # backward: reduce-scatter (sum); torch.distributed.nn.functional.all_gather's successor
+            parts = all_gather_single(padded, 0, tdist.group.WORLD).chunk(self.world)
         else:
             parts = [torch.empty_like(padded) for _ in sizes]
             tdist.all_gather(parts, padded)
@@ -257,8 +257,13 @@ def choose_chunk_rows(free_bytes: int, batch: int, width: int, hidden: int, desc
     return max(multiple, min(rows, most))
 
 
-def free_memory(device: torch.device) -> int:
-    """Free bytes on a CUDA device (torch.cuda.mem_get_info), or available RAM on the CPU."""
+# On the CPU a chunk this size runs as fast as 65 536 rows (the pass is GEMM-bound) with 1/8 of the transient memory.
+CPU_CHUNK_ROWS = 8192
+
+
+def auto_chunk_rows(device: torch.device, batch: int, width: int, hidden: int, descriptor_dim: int) -> int:
+    """Chunk rows for the bank pass from free memory: torch.cuda.mem_get_info on GPU, else ≤ CPU_CHUNK_ROWS."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return choose_chunk_rows(torch.cuda.mem_get_info(device)[0], batch, width, hidden, descriptor_dim)
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(CPU_CHUNK_ROWS, choose_chunk_rows(available, batch, width, hidden, descriptor_dim))

@@ -1,0 +1,45 @@
+"""`qkcopy bench`: QK step vs SimCLR step, bank pass vs its bandwidth and FLOP floors, memory, embedding."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time a QK step against SimCLR and the bank pass against its floors",
+                       description=__doc__)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="bank sizes N [10000 100000]")
+    p.add_argument("--device", default="cpu", help="cpu or cuda [cpu]")
+    p.add_argument("--batch", type=int, default=32, help="batch size B [32]")
+    p.add_argument("--image-size", type=int, default=128, help="model input size in pixels [128]")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="timm backbone [efficientnet_lite0]")
+    p.add_argument("--chunk-rows", type=int, default=0, help="bank rows per chunk; 0 picks from free memory [0]")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up [2]")
+    p.add_argument("--embed-images", type=int, default=128, help="JPEGs for the embedding benchmark [128]")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-size peak memory runs")
+    p.add_argument("--world", type=int, nargs="*", default=[], help="also time the sharded step under these "
+                                                                    "numbers of gloo processes, e.g. 1 2")
+    p.add_argument("--out", type=Path, help="write the measurements as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkcopy.bench import BenchConfig, format_tables, run_bench
+
+    cfg = BenchConfig(sizes=tuple(args.sizes), device=args.device, batch=args.batch, image_size=args.image_size,
+                      backbone=args.backbone, chunk_rows=args.chunk_rows, repeats=args.repeats,
+                      embed_images=args.embed_images, workers=args.workers, memory=not args.no_memory,
+                      world=tuple(args.world))
+    result = run_bench(cfg)
+    print(format_tables(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.out)
+        print(f"measurements → {args.out}")
+    return 0
