@@ -143,3 +143,28 @@ def test_cli_make_benchmark_then_baselines(tmp_path, capsys):
         summary = json.loads((run / "summary.json").read_text())
         assert all(0.0 <= summary["metrics"][k] <= 1.0 for k in ("micro_ap", "recall_at_p90", "recall_at_1"))
         assert (run / "predictions.csv").is_file() and (run / "pr_curve.png").is_file()
+
+
+def test_backbone_baseline_pca_on_train_and_unit_descriptors(bench, tmp_path):
+    from qkcopy.baselines import PooledBackbone, backbone_features
+
+    options = BaselineOptions(pca_dim=16, input_size=64, workers=0, device="cpu")
+    out = tmp_path / "backbone"
+    metrics = run_baseline("backbone", bench, out, options=options)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["descriptor_dim"] == 16 and summary["options"]["backbone"] == "efficientnet_lite0"
+    assert summary["options"]["input_size"] == 64 and "batch_size" not in summary["options"]
+    q_ids, q = read_isc_h5(out / "queries.h5")
+    assert q_ids == list(bench.query_ids)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    # naive reference: features one image at a time, PCA fitted on the training images' features only
+    model = PooledBackbone("efficientnet_lite0", "imagenet")
+    feats, kept = backbone_features(model, bench.train_paths, SkipLog(), options, "train")
+    assert feats.shape == (30, 1280) and kept.tolist() == list(range(30))
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    saved = PCA.load(out / "backbone_pca.safetensors")
+    np.testing.assert_allclose(saved.mean, PCA.fit(feats, dim=16).mean, atol=1e-5)
+    first, _ = backbone_features(model, bench.query_paths[:1], SkipLog(), options, "one")
+    z = saved.transform(first)[0]
+    np.testing.assert_allclose(q[0], z / np.linalg.norm(z), atol=1e-4)
+    assert metrics.micro_ap > _control_micro_ap(out, bench, seed=0) + 0.2

@@ -12,7 +12,7 @@ import logging
 import sys
 
 # One entry per subcommand module in qkcopy.cli; add yours here.
-COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench')
+COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo')
 
 
 def build_parser() -> argparse.ArgumentParser:
