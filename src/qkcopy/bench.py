@@ -11,7 +11,7 @@ Everything is measured in one run, so ratios compare like with like on a machine
   backward, Adam) against a SimCLR-style step (both models forward and backward); the bytes autograd keeps
   for backward inside `colearn_loss`; the peak memory of a step (max RSS in a fresh process per size on the
   CPU, torch.cuda.max_memory_allocated on a GPU);
-- the bank pass with bf16 compute instead of fp16 rows cast to fp32, at the smallest size;
+- the bank pass with bf16 compute (rows and head in bf16) against fp16 rows cast to fp32 per chunk;
 - bulk embedding (`embed_paths` over JPEGs written to a temporary folder) against the bare model forward;
 - optionally the sharded step (`distributed.sharded_colearn_loss`) under W gloo processes on the CPU.
 Weights are random (timing does not depend on them); gist256 inputs are random vectors.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
-import resource
+import re
 import socket
 import statistics
 import tempfile
@@ -72,21 +72,18 @@ class Parts:
     chunk_rows: int
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
-    """Seconds of `repeats` calls after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+def timed(fns: list[Callable[[], object]], repeats: int, device: torch.device) -> list[list[float]]:
+    """Seconds of `repeats` calls of each function after one untimed warm-up call each; the functions'
+    runs alternate, so that a change in the machine's load falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats + 1):
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if r > 0:
+                out.append(time.perf_counter() - t0)
     return times
 
 
@@ -96,17 +93,17 @@ def memory_bandwidth(device: torch.device, megabytes: int = 256) -> float:
     n = megabytes << 20
     if device.type == "cuda":
         src, dst = torch.empty(n, dtype=torch.uint8).pin_memory(), torch.empty(n, dtype=torch.uint8, device=device)
-        return n / statistics.median(timed(lambda: dst.copy_(src, non_blocking=True), 5, device))
+        return n / statistics.median(timed([lambda: dst.copy_(src, non_blocking=True)], 5, device)[0])
     src = torch.ones(n // 4)
     dst = torch.empty_like(src)
-    return 2 * n / statistics.median(timed(lambda: dst.copy_(src), 5, device))
+    return 2 * n / statistics.median(timed([lambda: dst.copy_(src)], 5, device)[0])
 
 
 def peak_flops(device: torch.device) -> float:
     """fp32 matmul FLOP/s of an n × n × n product."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n ** 3 / statistics.median(timed(lambda: a @ b, 5, device))
+    return 2 * n ** 3 / statistics.median(timed([lambda: a @ b], 5, device)[0])
 
 
 def head_flops_per_row(head: torch.nn.Module) -> int:
@@ -213,7 +210,8 @@ def step_memory(cfg: BenchConfig, n: int) -> dict:
     except OSError:
         reset = False
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # high-water mark (KiB on Linux)
+    # VmHWM, not getrusage's ru_maxrss: after spawn's fork + exec, ru_maxrss keeps the parent's RSS at the fork
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
     return dict(n=n, before_bytes=before, step_peak_bytes=peak - before, high_water_reset=reset)
 
 
@@ -261,7 +259,7 @@ def _world_worker(rank: int, world: int, port: int, cfg: BenchConfig, n: int, th
         opt.step()
         dist.barrier()
 
-    times = timed(step, cfg.repeats, dist.device)
+    times = timed([step], cfg.repeats, dist.device)[0]
     if dist.is_main:
         queue.put(dict(world=world, n=n, threads_per_rank=threads, step_s=statistics.median(times), times=times))
     dist.close()
@@ -320,7 +318,7 @@ def embedding_throughput(cfg: BenchConfig, parts: Parts, device: torch.device) -
         seconds = time.perf_counter() - t0
     parts.q.eval()
     with torch.no_grad(), _autocast(device):
-        forward = statistics.median(timed(lambda: parts.q(parts.pixels, parts.g256), cfg.repeats, device))
+        forward = statistics.median(timed([lambda: parts.q(parts.pixels, parts.g256)], cfg.repeats, device)[0])
     parts.q.train()
     return dict(images=len(out.ids), embed_images_per_s=len(out.ids) / seconds,
                 forward_images_per_s=cfg.batch / forward)
@@ -337,7 +335,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
     bandwidth, peak = memory_bandwidth(device), peak_flops(device)
-    rows, bf16 = [], None
+    rows = []
     for n in sorted(cfg.sizes):
         parts = make_parts(cfg, n, device)
         with torch.no_grad():
@@ -345,13 +343,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         head = parts.k.head
         bank_bytes = parts.bank.rows.numel() * 2
         flops = n * (head_flops_per_row(head) + 2 * cfg.batch * head.descriptor_dim)
-        pass_s = statistics.median(timed(bank_pass(parts, queries, device), cfg.repeats, device))
-        if bf16 is None:
-            bf16_s = statistics.median(timed(bank_pass(parts, queries, device, torch.bfloat16), cfg.repeats, device))
-            bf16 = dict(n=n, fp32_s=pass_s, bf16_s=bf16_s, bf16_over_fp32=bf16_s / pass_s)
-        qk = timed(qk_step(parts, device), cfg.repeats, device)
-        simclr = timed(simclr_step(parts, device), cfg.repeats, device)
+        fp32, bf16 = timed([bank_pass(parts, queries, device),
+                                        bank_pass(parts, queries, device, torch.bfloat16)], cfg.repeats, device)
+        pass_s = statistics.median(fp32)
+        qk, simclr = timed([qk_step(parts, device), simclr_step(parts, device)], cfg.repeats, device)
         row = dict(n=n, chunk_rows=parts.chunk_rows, bank_bytes=bank_bytes, bank_pass_s=pass_s,
+                   bank_pass_bf16_s=statistics.median(bf16),
                    bandwidth_floor_s=bank_bytes / bandwidth, flop_floor_s=flops / peak,
                    over_bandwidth_floor=pass_s * bandwidth / bank_bytes, over_flop_floor=pass_s * peak / flops,
                    qk_step_s=statistics.median(qk), simclr_step_s=statistics.median(simclr),
@@ -366,7 +363,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     world = [world_scaling(cfg, w, max(cfg.sizes)) for w in cfg.world]
     machine["load_after"] = os.getloadavg()
     return dict(config={**asdict(cfg), "sizes": list(cfg.sizes), "world": list(cfg.world)}, machine=machine,
-                floors=dict(bandwidth_bytes_per_s=bandwidth, fp32_flop_per_s=peak), sizes=rows, bf16=bf16,
+                floors=dict(bandwidth_bytes_per_s=bandwidth, fp32_flop_per_s=peak), sizes=rows,
                 embed=embed, world=world)
 
 
@@ -377,17 +374,15 @@ def format_tables(result: dict) -> str:
     lines = [f"device {m['device']}, {m['threads']} threads; load {m['load_before'][0]:.1f} before, "
              f"{m['load_after'][0]:.1f} after; copy bandwidth {f['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
              f"fp32 matmul {f['fp32_flop_per_s'] / 1e9:.0f} GFLOP/s", "",
-             "| N | chunk | bank pass s | ÷ bandwidth floor | ÷ FLOP floor | QK step s | SimCLR step s | QK/SimCLR "
-             "| kept for backward MB | step peak MB |", "|" + "---|" * 10]
+             "| N | chunk | bank pass s | ÷ bandwidth floor | ÷ FLOP floor | bf16 pass s | QK step s | SimCLR step s "
+             "| QK/SimCLR | kept for backward MB | step peak MB |", "|" + "---|" * 11]
     for r in result["sizes"]:
         peak = f"{r['step_peak_bytes'] / 1e6:.0f}" if "step_peak_bytes" in r else "–"
         lines.append(f"| {r['n']:,} | {r['chunk_rows']} | {r['bank_pass_s']:.2f} | {r['over_bandwidth_floor']:.1f}"
-                     f" | {r['over_flop_floor']:.2f} | {r['qk_step_s']:.2f} | {r['simclr_step_s']:.2f} | "
+                     f" | {r['over_flop_floor']:.2f} | {r['bank_pass_bf16_s']:.2f} | {r['qk_step_s']:.2f} | {r['simclr_step_s']:.2f} | "
                      f"{r['qk_over_simclr']:.2f} | {r['saved_for_backward_bytes'] / 1e6:.1f} | {peak} |")
-    b, e = result["bf16"], result["embed"]
-    lines += ["", f"bank pass at N={b['n']:,}: fp16 rows cast to fp32 {b['fp32_s']:.2f} s, bf16 compute "
-                  f"{b['bf16_s']:.2f} s ({b['bf16_over_fp32']:.1f}×)",
-              f"embedding {e['images']} JPEGs: {e['embed_images_per_s']:.1f} img/s through embed_paths, "
+    e = result["embed"]
+    lines += ["", f"embedding {e['images']} JPEGs: {e['embed_images_per_s']:.1f} img/s through embed_paths, "
               f"{e['forward_images_per_s']:.1f} img/s bare model forward"]
     if result["world"]:
         lines += ["", "| W (gloo processes) | threads per rank | sharded step s | speed-up |", "|---|---|---|---|"]

@@ -27,6 +27,7 @@ trainable gradients is the simplest exact form.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -119,10 +120,11 @@ class MainRankOnly(logging.Filter):
         return self.rank == 0 or record.levelno >= logging.WARNING
 
 
-def init(device: str = "auto") -> Dist:
+def init(device: str = "auto", timeout_minutes: float = 120) -> Dist:
     """Join the torchrun job (NCCL on GPU, gloo on CPU), or return the single-process Dist when not launched so.
 
-    device: "auto" (cuda when available), "cpu" or "cuda". Installs `MainRankOnly` on the root log handlers.
+    device: "auto" (cuda when available), "cpu" or "cuda". timeout_minutes: how long a collective may wait,
+    e.g. other ranks at a barrier while rank 0 evaluates. Installs `MainRankOnly` on the root log handlers.
     """
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if "RANK" not in os.environ:
@@ -134,6 +136,7 @@ def init(device: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                  device_id=dev if use_cuda else None)
     for handler in logging.getLogger().handlers:
         handler.addFilter(MainRankOnly(rank))
