@@ -75,3 +75,24 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert [r["segment"] for r in log] == ["Q1", "Q1", "K1", "K1"]
     assert len(list((out / "benchmark" / "queries").iterdir())) == 8
     assert main(["demo", "--out", str(out)]) == 2  # refuses a used folder
+
+
+def test_demo_benchmark_from_user_photos(tmp_path):
+    from photo_pool import make_photos
+
+    from qkcopy.demo import build_demo_benchmark
+
+    make_photos(tmp_path / "many", 30, seed=3)
+    opt = DemoOptions(n_references=8, n_queries=8, n_train=10, n_spares=2, image_side=64, workers=1)
+    bench = build_demo_benchmark(tmp_path / "a", tmp_path / "many", opt)
+    sources = [t["source"] for t in json.loads((bench.root / "manifest.json").read_text())["train"]]
+    assert len(bench.train_ids) == 10 and all("/many/" in s for s in sources)  # enough photos: all theirs
+    assert not (tmp_path / "a" / "images").exists()
+
+    make_photos(tmp_path / "few", 13, seed=4)
+    small = build_demo_benchmark(tmp_path / "b", tmp_path / "few", DemoOptions(n_train=12, image_side=64))
+    assert (len(small.reference_ids), len(small.query_ids), small.n_matched) == (8, 8, 4)  # shrunk to 2/3 of 13
+    assert len(list((tmp_path / "b" / "images").iterdir())) == 12  # training on drawn pictures
+    make_photos(tmp_path / "five", 5, seed=5)
+    with pytest.raises(ValueError, match="at least 6"):
+        build_demo_benchmark(tmp_path / "c", tmp_path / "five", DemoOptions())

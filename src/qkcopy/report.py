@@ -90,16 +90,22 @@ def loss_curves(train_log: str | Path, png: str | Path) -> Path:
     steps = np.array([r["global_step"] for r in records])
     fig, ax = plt.subplots(figsize=LOSS_FIGSIZE, dpi=LOSS_DPI)
     try:
-        for key, colour in (("loss", "black"), ("loss_pos", GREEN), ("loss_neg", RED)):
-            values = np.array([r.get(key, np.nan) for r in records], dtype=np.float64)
-            ax.plot(steps, values, color=np.array(colour) / 255 if colour != "black" else colour,
-                    linewidth=1.2 if key == "loss" else 0.9, label=key)
+        starts = [i for i, r in enumerate(records) if i == 0 or r.get("segment") != records[i - 1].get("segment")]
+        window = max(1, len(records) // 25)  # running mean over ~4% of the steps, within each phase
+        for key, colour in (("loss", (0, 0, 0)), ("loss_pos", GREEN), ("loss_neg", RED)):
+            values = np.array([r.get(key, np.nan) for r in records], dtype=np.float64)  # (steps,)
+            ax.plot(steps, values, color=np.array(colour) / 255, linewidth=0.6, alpha=0.35)
+            for j, (a, b) in enumerate(zip(starts, [*starts[1:], len(records)])):
+                w = min(window, b - a)
+                smooth = np.convolve(values[a:b], np.ones(w) / w, mode="valid")  # (b - a - w + 1,)
+                ax.plot(steps[a + w - 1:b], smooth, color=np.array(colour) / 255, linewidth=1.4,
+                        label=None if j else key if window == 1 else f"{key} (mean of {window} steps)")
         top = ax.get_ylim()[1]
-        for i, r in enumerate(records):
-            if i == 0 or r.get("segment") != records[i - 1].get("segment"):
-                if i > 0:
-                    ax.axvline(r["global_step"] - 0.5, color="0.5", linestyle="--", linewidth=0.8)
-                ax.text(r["global_step"], top, f" {r.get('segment', '')}", va="top", fontsize=9, color="0.3")
+        for i in starts:
+            if i > 0:
+                ax.axvline(records[i]["global_step"] - 0.5, color="0.5", linestyle="--", linewidth=0.8)
+            ax.text(records[i]["global_step"], top, f" {records[i].get('segment', '')}", va="top", fontsize=9,
+                    color="0.3")
         ax.set(xlabel="global step", ylabel="loss", title="training loss (phase boundaries dashed)")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
