@@ -196,7 +196,7 @@ def run_demo(out: str | Path, images: str | Path | None = None, options: DemoOpt
     lap("figures", tick)
     seconds = time.perf_counter() - start
     notes = [f"Benchmark: {bench.summary()}.",
-             f"Training: preset {options.config!r} {list(options.overrides) or ''} — {cfg.model.backbone} at "
+             f"Training: preset {options.config!r}{' with ' + ' '.join(options.overrides) if options.overrides else ''} — {cfg.model.backbone} at "
              f"{cfg.model.image_size} px, phases {' '.join(segment_names(cfg))}, "
              f"{cfg.schedule.steps_per_phase} steps each, batch {cfg.data.batch_size}.",
              "Wall time: a baseline's whole run; a QK row's training time up to the end of that phase plus its "
