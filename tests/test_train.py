@@ -108,3 +108,28 @@ def test_phase_batches_are_a_pure_function_of_the_step():
     first_epoch = [i for batch in full[:6] for i, _ in batch]
     assert len(set(first_epoch)) == 48  # one epoch visits distinct images
     assert full != list(PhaseBatches(50, 8, 10, run_seed=3, phase=2, queries=True))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_trains_like_one_process(images, tmp_path):
+    """torchrun with gloo, bank sharded over 2 ranks: same losses and weights as one process (float tolerance)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(images[0]).parent
+    overrides = TINY + ["schedule.phases=[Q,K]", "schedule.steps_per_phase=2"]
+    base = ["--train-images", str(folder), "--config", "cpu", *overrides]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "qkcopy", "train", "--out", str(tmp_path / "one"), *base],
+                   check=True, env=env, timeout=600)
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "qkcopy", "train",
+                    "--out", str(tmp_path / "two"), *base], check=True, env=env, timeout=600)
+    import json
+    assert json.loads((tmp_path / "two" / "provenance.json").read_text())["world_size"] == 2
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)

@@ -42,7 +42,7 @@ from qkcopy.benchmark import Benchmark, load_benchmark
 from qkcopy.descriptors import write_isc_h5
 from qkcopy.gist import compute_gist
 from qkcopy.hashes import HASHES, hash_descriptors
-from qkcopy.data import model_input
+from qkcopy.data import model_input, unit_gist
 from qkcopy.embed import resolve_device
 from qkcopy.images import ImageDataset, SkipLog, collate_skipping, iter_images
 from qkcopy.metrics import Metrics, Predictions, evaluate
@@ -89,7 +89,7 @@ def git_commit() -> str:
 
 
 def gist_descriptors(paths: Sequence[Path], skips: SkipLog, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """GIST of the readable images of `paths`: (vecs (K, 960) float32, kept (K,) int64 indices into paths)."""
+    """Unit-norm GIST of the readable images of `paths`: (vecs (K, 960) float32, kept (K,) int64 indices)."""
     kept: list[int] = []
 
     def readable():
@@ -98,7 +98,8 @@ def gist_descriptors(paths: Sequence[Path], skips: SkipLog, batch_size: int = 25
             yield img
 
     vecs = compute_gist(readable(), batch_size=batch_size)  # (K, 960) float32
-    return vecs.astype(np.float32, copy=False), np.asarray(kept, dtype=np.int64)
+    vecs = unit_gist(torch.from_numpy(vecs)).numpy()  # L2-normalised before the PCA, as ISC2021's baseline
+    return vecs, np.asarray(kept, dtype=np.int64)
 
 
 def _pca_subset(train_paths: Sequence[Path], options: BaselineOptions, what: str) -> list[Path]:

@@ -113,8 +113,15 @@ def valid_images(paths: Sequence[Path]) -> list[Path]:
     return kept
 
 
+def unit_gist(gist: torch.Tensor) -> torch.Tensor:
+    """L2-normalise GIST rows (B, 960) before the PCA, as the ISC2021 GIST baseline does ("normalization is
+    important"): it puts distances on the scale that τ = 0.07 and the 0.01 head scale of the paper assume."""
+    return torch.nn.functional.normalize(gist.float(), dim=1)  # (B, 960) float32
+
+
 class Gist256(torch.nn.Module):
-    """GIST (lear_gist, 960-d) then PCA to 256 without whitening: gist pixels (B, 3, 32, 32) → (B, G)."""
+    """GIST (lear_gist, 960-d), L2-normalised, then PCA to 256 without whitening:
+    gist pixels (B, 3, 32, 32) → (B, G)."""
 
     def __init__(self, pca: PCA):
         super().__init__()
@@ -124,7 +131,7 @@ class Gist256(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, gist_pixels: torch.Tensor) -> torch.Tensor:
-        return self.pca(self.gist(gist_pixels.float()))  # (B, G) float32
+        return self.pca(unit_gist(self.gist(gist_pixels.float())))  # (B, G) float32
 
 
 def fit_gist256(paths: Sequence[Path], n_images: int, seed: int, dim: int = 256, batch_size: int = 256) -> PCA:
@@ -135,5 +142,5 @@ def fit_gist256(paths: Sequence[Path], n_images: int, seed: int, dim: int = 256,
     gist, rows = Gist(), []
     for start in tqdm(range(0, len(chosen), batch_size), desc="GIST for PCA", unit="batch", leave=False):
         pixels = torch.stack([gist_input(load_image(paths[i])) for i in chosen[start:start + batch_size]])
-        rows.append(gist(pixels).numpy())
+        rows.append(unit_gist(gist(pixels)).numpy())
     return PCA.fit(np.concatenate(rows), dim=dim)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qkcopy.data import Gist256
+from qkcopy.data import Gist256, unit_gist
 from qkcopy.gist import GIST_SIZE, PAD, Gist
 from qkcopy.model import DescriptorModel
 
@@ -103,7 +103,7 @@ class ExportedDescriptor(nn.Module):
         self.gist = gist if gist is not None else gist256.gist
 
     def forward(self, pixels: torch.Tensor, gist_pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels, self.pca(self.gist(gist_pixels)))
+        return self.model(pixels, self.pca(unit_gist(self.gist(gist_pixels))))
 
 
 @dataclass(frozen=True)

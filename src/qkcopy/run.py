@@ -25,6 +25,7 @@ from qkcopy import checkpoint as ckpt
 from qkcopy.config import TrainConfig, load_config, phase_steps, to_dict
 from qkcopy.contrastive import KeyQueue
 from qkcopy.data import Gist256, fit_gist256, valid_images
+from qkcopy.distributed import Dist, init
 from qkcopy.embed import embed_paths, resolve_device
 from qkcopy.metrics import evaluate
 from qkcopy.backbone import feature_dim
@@ -62,18 +63,24 @@ class Run:
     k: DescriptorModel
     gist256: Gist256
     data_hash: str
+    dist: Dist = dataclasses.field(default_factory=Dist)
     queue: KeyQueue | None = None
     tensorboard: object | None = None
-    is_main: bool = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
 
     @classmethod
     def open(cls, cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, resume: bool) -> Run:
         run_dir = Path(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        dist = init(cfg.device)  # torchrun: joins the process group; a plain process: rank 0 of 1
+        if run_dir.exists() and any(run_dir.iterdir()) and not resume and dist.is_main:
             raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume to continue it "
                                   "or choose a new --out")
         if resume and not (run_dir / "checkpoints" / "latest").exists():
             raise FileNotFoundError(f"nothing to resume in {run_dir} (no checkpoints/latest)")
+        dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             saved = load_config(run_dir / "config.yaml")
@@ -85,29 +92,30 @@ class Run:
         if len(paths) < cfg.data.batch_size:
             raise ValueError(f"{len(paths)} readable training images; need at least one batch "
                              f"({cfg.data.batch_size})")
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         data_hash = files_fingerprint(paths)
-        (run_dir / "provenance.json").write_text(json.dumps(
-            dict(git_commit=git_commit(), data_hash=data_hash, n_train=len(paths), torch=torch.__version__),
-            indent=1))
         pca_path = run_dir / "gist_pca.safetensors"
-        if pca_path.exists():
-            pca = PCA.load(pca_path)
-        else:
-            pca = fit_gist256(all_paths, cfg.data.pca_images, cfg.seed, cfg.model.descriptor_dim)
-            pca.save(pca_path)
-        device = resolve_device(cfg.device)
+        if dist.is_main:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            (run_dir / "provenance.json").write_text(json.dumps(
+                dict(git_commit=git_commit(), data_hash=data_hash, n_train=len(paths), world_size=dist.world,
+                     torch=torch.__version__), indent=1))
+            if not pca_path.exists():
+                fit_gist256(all_paths, cfg.data.pca_images, cfg.seed, cfg.model.descriptor_dim).save(pca_path)
+        dist.barrier()
+        pca = PCA.load(pca_path)
+        device = dist.device
         q, k = build_qk_models(cfg.model, cfg.seed)
         if cfg.method == "moco":
             k.load_state_dict(q.state_dict())  # the momentum encoder starts as a copy of Q
-        run = cls(cfg, run_dir, paths, device, q.to(device), k.to(device), Gist256(pca).to(device), data_hash)
+        run = cls(cfg, run_dir, paths, device, q.to(device), k.to(device), Gist256(pca).to(device), data_hash,
+                  dist)
         if cfg.method == "moco":
             run.queue = KeyQueue(cfg.baseline.moco_queue, cfg.model.descriptor_dim, device)
         if resume:
             ckpt.load_weights(run.latest, {"q": run.q, "k": run.k})
             if run.queue is not None:
                 run.queue.keys = ckpt.load_extra(run.latest)["moco_queue"].to(device)
-        if cfg.tensorboard:
+        if cfg.tensorboard and dist.is_main:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
             run.tensorboard = SummaryWriter(run_dir / "tensorboard")
         return run
@@ -133,6 +141,10 @@ class Run:
         return phase * phase_steps(self.cfg.schedule, len(self.paths), self.cfg.data.batch_size) + step
 
     def save(self, phase: int, next_step: int, optimizer: torch.optim.Optimizer, tag: str | None = None) -> None:
+        """Rank 0 writes the checkpoint (weights are identical on every rank); the others wait for it."""
+        if not self.is_main:
+            self.dist.barrier()
+            return
         state = dict(phase=phase, next_step=next_step, method=self.cfg.method,
                      phase_done=next_step >= phase_steps(self.cfg.schedule, len(self.paths),
                                                          self.cfg.data.batch_size))
@@ -141,6 +153,7 @@ class Run:
         ckpt.save_checkpoint(self.latest, models, state, optimizer, extra)
         if tag is not None:
             ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, state)
+        self.dist.barrier()
 
     def resume_point(self) -> tuple[int, int]:
         """(segment, step) to continue from: (0, 0) for a new run."""

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from qkcopy import checkpoint as ckpt
 from qkcopy.augment import derive_seed
 from qkcopy.bank import Bank, BankHeader, StaleBankError, write_bank
-from qkcopy.colearn import colearn_loss
 from qkcopy.config import TrainConfig, lr_at, phase_steps
 from qkcopy.contrastive import KeyQueue, moco_loss, momentum_update, simclr_loss
 from qkcopy.data import BANK_STREAM, PhaseBatches, TrainImages, query_seed
+from qkcopy.distributed import ShardedBatches, gather_rows, shard_chunks, shard_range, sharded_colearn_loss
 from qkcopy.model import param_fingerprint
 from qkcopy.optim import make_optimizer, set_lr
 from qkcopy.run import Run, evaluate_run
@@ -69,23 +69,27 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
         pass
     except StaleBankError as err:
         log.warning("%s", err)
-    n, bs = len(run.paths), run.cfg.data.batch_size * 2
-    keys = [(i, query_seed(bank_seed, phase, 0, i) if bank_seed is not None else None) for i in range(n)]
-    loader = _loader(run, [keys[s:s + bs] for s in range(0, n, bs)])
+    n, bs, dist = len(run.paths), run.cfg.data.batch_size * 2, run.dist
+    start, stop = shard_range(n, dist.rank, dist.world)  # this rank's part of the bulk pass
+    keys = [(i, query_seed(bank_seed, phase, 0, i) if bank_seed is not None else None) for i in range(start, stop)]
+    loader = _loader(run, [keys[s:s + bs] for s in range(0, len(keys), bs)])
     header = BankHeader(n_rows=n, feature_dim=run.feature_dim, gist_dim=run.gist_dim, model_hash=model_hash,
                         data_hash=data_hash, side=bank_side)
-
-    def rows():
-        frozen.eval()
-        with torch.no_grad():
-            for index, pixels, gist_pixels in tqdm(loader, desc=f"bank {bank_side} (phase {phase + 1})",
-                                                   unit="batch", leave=False, disable=not run.is_main):
-                pixels, gist_pixels = pixels.to(run.device), gist_pixels.to(run.device)
-                with run.autocast():
-                    feat = frozen.features(pixels)  # (b, D)
-                yield index, torch.cat([feat.float(), run.gist256(gist_pixels)], 1)  # (b, D + G)
-
-    return write_bank(path, header, rows())
+    frozen.eval()
+    index_parts, row_parts = [], []
+    with torch.no_grad():
+        for index, pixels, gist_pixels in tqdm(loader, desc=f"bank {bank_side} (phase {phase + 1})",
+                                               unit="batch", leave=False, disable=not run.is_main):
+            pixels, gist_pixels = pixels.to(run.device), gist_pixels.to(run.device)
+            with run.autocast():
+                feat = frozen.features(pixels)  # (b, D)
+            index_parts.append(index.to(run.device))
+            row_parts.append(torch.cat([feat.float(), run.gist256(gist_pixels)], 1).half())  # (b, D + G) fp16
+    index, rows = gather_rows(torch.cat(index_parts), torch.cat(row_parts), n, dist)  # merged in id order
+    if run.is_main:
+        write_bank(path, header, [(index, rows)])
+    dist.barrier()
+    return Bank.open(path, model_hash=model_hash, data_hash=data_hash)
 
 
 def _trainable(run: Run, side: str) -> list[torch.nn.Parameter]:
@@ -116,8 +120,11 @@ def _step(run: Run, side: str, batch, bank: Bank | None, queue: KeyQueue | None)
         trained, frozen = (run.q, run.k) if side == "Q" else (run.k, run.q)
         with run.autocast():
             desc = trained(tensors[0], g256[0])  # (B, E)
-        return colearn_loss(desc.float(), index, frozen.head, bank.chunks(run.cfg.bank_chunk_rows, run.device),
-                            lambda rows: bank.take(rows, run.device), run.feature_dim, run.cfg.loss)
+        shard = shard_range(len(bank), run.dist.rank, run.dist.world)  # this rank's bank rows
+        return sharded_colearn_loss(desc.float(), index, frozen.head,
+                                    shard_chunks(bank.rows, shard, run.cfg.bank_chunk_rows, run.device),
+                                    lambda rows: bank.take(rows, run.device), shard, run.feature_dim,
+                                    run.cfg.loss, run.dist)
     with run.autocast():
         queries = run.q(tensors[0], g256[0])  # (B, E)
         if method == "simclr":
@@ -144,12 +151,13 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
     cfg, side, name = run.cfg, run.cfg.schedule.phases[phase], segment_names(run.cfg)[phase]
     total = phase_steps(cfg.schedule, len(run.paths), cfg.data.batch_size)
     bank = build_bank(run, phase, side) if cfg.method == "qk" else None
-    optimizer = make_optimizer(_trainable(run, side), cfg.optim)
+    params = _trainable(run, side)
+    optimizer = make_optimizer(params, cfg.optim)
     if start > 0:
         ckpt.load_optimizer(run.latest, optimizer)
     queries = cfg.method != "qk" or side == "Q"
     batches = PhaseBatches(len(run.paths), cfg.data.batch_size, total, cfg.seed, phase, queries, start)
-    loader = _loader(run, batches, pairs=cfg.method != "qk")
+    loader = _loader(run, ShardedBatches(batches, run.dist), pairs=cfg.method != "qk")
     run.q.train(), run.k.train()
     bar = tqdm(loader, desc=f"{cfg.method} {name}", total=total, initial=start, unit="step",
                disable=not run.is_main)
@@ -164,6 +172,7 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
                                    f"checkpoint {run.latest} is intact; lower optim.lr or check the data.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        run.dist.all_reduce_mean_grads(params)  # exact single-process gradients of the global batch
         optimizer.step()
         if not all(torch.isfinite(p).all() for group in optimizer.param_groups for p in group["params"]):
             raise TrainingDiverged(f"{name} step {step}: the update made weights NaN or inf; stopped. The last "
@@ -175,7 +184,8 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
                       d2_pos_mean=result.d2_pos.mean().item(), d2_neg_min=result.d2_neg.min().item(),
                       d2_neg_mean=result.d2_neg.mean().item(), d2_neg_max=result.d2_neg.max().item(),
                       seconds=time.perf_counter() - t0)
-        _log_step(run, record)
+        if run.is_main:
+            _log_step(run, record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         stop = stop_after_steps is not None and record["global_step"] + 1 >= stop_after_steps
         if step + 1 < total and (stop or (step + 1) % cfg.schedule.checkpoint_every == 0):
@@ -202,9 +212,15 @@ def train(cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, benchmar
             run_segment(run, p, start if p == phase else 0, stop_after_steps)
         except StopRequested:
             log.info("stopped after %d steps as asked; continue with --resume", stop_after_steps)
-            if benchmark is not None and run.resume_point()[1] == 0:
-                rows.append(evaluate_run(run, benchmark, segment_names(cfg)[p]))
+            if run.resume_point()[1] == 0:
+                _evaluate(run, benchmark, segment_names(cfg)[p], rows)
             return rows
-        if benchmark is not None:
-            rows.append(evaluate_run(run, benchmark, segment_names(cfg)[p]))
+        _evaluate(run, benchmark, segment_names(cfg)[p], rows)
     return rows
+
+
+def _evaluate(run: Run, benchmark, segment: str, rows: list[dict]) -> None:
+    """Evaluate on rank 0 (the others wait): Q on the queries, K on the references."""
+    if benchmark is not None and run.is_main:
+        rows.append(evaluate_run(run, benchmark, segment))
+    run.dist.barrier()
