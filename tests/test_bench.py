@@ -14,7 +14,8 @@ TINY = ["--sizes", "40", "80", "--batch", "4", "--image-size", "32", "--repeats"
         "--workers", "0"]
 ROW_FIELDS = {"n", "chunk_rows", "bank_bytes", "bank_pass_s", "bandwidth_floor_s", "flop_floor_s",
               "over_bandwidth_floor", "over_flop_floor", "qk_step_s", "simclr_step_s", "qk_over_simclr",
-              "qk_times", "simclr_times", "saved_for_backward_bytes", "bank_pass_bf16_s"}
+              "qk_times", "simclr_times", "saved_for_backward_bytes", "bank_pass_bf16_s", "qk_bf16_mining_step_s",
+              "qk_bf16_mining_times", "qk_bf16_mining_over_simclr"}
 
 
 def _positive(x):
@@ -31,7 +32,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     assert [r["n"] for r in result["sizes"]] == [40, 80]
     for row in result["sizes"]:
         assert ROW_FIELDS <= set(row) and "step_peak_bytes" not in row
-        assert all(_positive(row[k]) for k in ROW_FIELDS - {"qk_times", "simclr_times"})
+        assert all(_positive(row[k]) for k in ROW_FIELDS - {"qk_times", "simclr_times", "qk_bf16_mining_times"})
         assert len(row["qk_times"]) == 1
         assert row["bank_bytes"] == row["n"] * (1280 + 256) * 2  # fp16 rows of efficientnet_lite0 + gist256
     assert result["embed"]["images"] == 4 and _positive(result["embed"]["embed_images_per_s"])

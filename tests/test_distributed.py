@@ -12,7 +12,7 @@ from torch import nn
 from qkcopy.colearn import colearn_loss
 from qkcopy.distributed import (Dist, MainRankOnly, ShardedBatches, choose_chunk_rows, gather_rows, init,
                                 shard_chunks, shard_range, sharded_colearn_loss, sharded_indices, smallest_pairs)
-from qkcopy.loss import LossConfig
+from qkcopy.loss import LossConfig, qk_loss
 
 D, G, E, N, B = 12, 6, 6, 37, 7
 CFG = LossConfig(tau=0.5, negatives_per_positive=3)
@@ -112,6 +112,35 @@ def test_single_process_path_equals_colearn(monkeypatch):
     encoder, head, x, bank, positive_rows = _setup(seed=1)
     want = _single_process(encoder, head, x, bank, positive_rows)
     _assert_same(_sharded(dist, encoder, head, x, bank, positive_rows, chunk_rows=N), want)
+
+
+def test_mining_head_chooses_negatives_and_head_gives_the_loss():
+    """A different head for the no-grad pass changes which rows are chosen, never how their loss is computed."""
+    encoder, head, x, bank, positive_rows = _setup(seed=2)
+    mining = TinyHead()  # another random head: another ranking of the bank
+    q = encoder(x)
+    rows = bank.float()
+    with torch.no_grad():
+        d2_mining = ((q[:, None] - mining(rows[:, :D], rows[:, D:])[None]) ** 2).sum(-1)  # (B, N)
+        d2_mining[torch.arange(B), positive_rows] = float("inf")
+    _, flat = torch.topk(d2_mining.reshape(-1), B * CFG.negatives_per_positive, largest=False)
+    keys = head(rows[:, :D], rows[:, D:])  # (N, E) naive: the whole bank with grad
+    d2 = ((q[:, None] - keys[None]) ** 2).sum(-1)  # (B, N)
+    want = qk_loss(d2[torch.arange(B), positive_rows], d2.reshape(-1)[flat], CFG).total
+    want.backward()
+    want_grads = _grads(encoder, head)
+    encoder.zero_grad(), head.zero_grad()
+
+    got = sharded_colearn_loss(encoder(x), positive_rows, head, shard_chunks(bank, (0, N), 8),
+                               lambda i: bank[i].float(), (0, N), D, CFG, Dist(), mining_head=mining)
+    got.loss.total.backward()
+    torch.testing.assert_close(got.loss.total, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(_grads(encoder, head), want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in mining.parameters())
+    exact = sharded_colearn_loss(encoder(x), positive_rows, head, shard_chunks(bank, (0, N), 8),
+                                 lambda i: bank[i].float(), (0, N), D, CFG, Dist())
+    assert not torch.allclose(exact.loss.total, got.loss.total)  # the mining head did change the choice
 
 
 def test_positive_outside_the_shards_is_an_error():
