@@ -10,8 +10,8 @@ from qkcopy.bench import BenchConfig, format_tables, head_flops_per_row, run_ben
 from qkcopy.cli import main
 from qkcopy.model import Head
 
-TINY = ["--sizes", "40", "80", "--batch", "4", "--image-size", "32", "--repeats", "1", "--embed-images", "4",
-        "--workers", "0"]
+TINY = ["--sizes", "40", "80", "--threads", "1", "--batch", "4", "--image-size", "32", "--repeats", "1",
+        "--embed-images", "4", "--workers", "0"]
 ROW_FIELDS = {"n", "chunk_rows", "bank_bytes", "bank_pass_s", "bandwidth_floor_s", "flop_floor_s",
               "over_bandwidth_floor", "over_flop_floor", "qk_step_s", "simclr_step_s", "qk_over_simclr",
               "qk_times", "simclr_times", "saved_for_backward_bytes", "bank_pass_bf16_s", "qk_bf16_mining_step_s",
@@ -27,7 +27,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     assert main(["bench", *TINY, "--no-memory", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"config", "machine", "floors", "sizes", "embed", "world"}
-    assert result["config"]["sizes"] == [40, 80] and result["world"] == []
+    assert result["config"]["sizes"] == [40, 80] and result["world"] == [] and result["machine"]["threads"] == 1
     assert all(_positive(v) for v in result["floors"].values())
     assert [r["n"] for r in result["sizes"]] == [40, 80]
     for row in result["sizes"]:
@@ -42,13 +42,16 @@ def test_bench_cli_writes_json(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_memory_and_world_scaling():
-    cfg = BenchConfig(sizes=(40,), batch=4, image_size=32, repeats=1, embed_images=2, workers=0, world=(1, 2))
+    threads_before = torch.get_num_threads()
+    cfg = BenchConfig(sizes=(40,), batch=4, image_size=32, repeats=1, embed_images=2, workers=0, world=(1, 2),
+                      threads=1)
     result = run_bench(cfg)
     row = result["sizes"][0]
     assert row["before_bytes"] > 0 and row["step_peak_bytes"] >= 0
     assert [w["world"] for w in result["world"]] == [1, 2]
     assert all(_positive(w["step_s"]) for w in result["world"])
     assert "| 2 |" in format_tables(result)
+    assert torch.get_num_threads() == threads_before  # run_bench leaves the thread count as it found it
 
 
 def test_head_flops_counts_every_linear_layer():

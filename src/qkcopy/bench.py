@@ -99,9 +99,17 @@ def world_scaling(cfg: BenchConfig, world: int, n: int) -> dict:
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Every measurement of the module docstring, as one JSON-ready dict."""
-    device = torch.device(cfg.device)
     if not cfg.sizes or min(cfg.sizes) < cfg.batch:
         raise ValueError(f"bench sizes must be at least the batch ({cfg.batch}), got {list(cfg.sizes)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or threads)
+    try:
+        return _measure(cfg, torch.device(cfg.device))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: BenchConfig, device: torch.device) -> dict:
     machine = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                    cpus=os.cpu_count(), load_before=os.getloadavg(),
                    malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})

@@ -44,6 +44,7 @@ class BenchConfig:
     workers: int = 2  # image-decoding processes for the embedding benchmark
     memory: bool = True  # peak memory per size (a fresh process per size on the CPU)
     world: tuple[int, ...] = ()  # gloo process counts for the sharded-step scaling; () skips it
+    threads: int = 0  # torch threads; 0 keeps torch's default
     seed: int = 0
 
 

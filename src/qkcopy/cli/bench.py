@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up [2]")
     p.add_argument("--embed-images", type=int, default=128, help="JPEGs for the embedding benchmark [128]")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (1 gives steadier figures on a busy "
+                                                          "machine); 0 keeps torch's default [0]")
     p.add_argument("--no-memory", action="store_true", help="skip the per-size peak memory runs")
     p.add_argument("--world", type=int, nargs="*", default=[], help="also time the sharded step under these "
                                                                     "numbers of gloo processes, e.g. 1 2")
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(sizes=tuple(args.sizes), device=args.device, batch=args.batch, image_size=args.image_size,
                       backbone=args.backbone, chunk_rows=args.chunk_rows, repeats=args.repeats,
                       embed_images=args.embed_images, workers=args.workers, memory=not args.no_memory,
-                      world=tuple(args.world))
+                      world=tuple(args.world), threads=args.threads)
     result = run_bench(cfg)
     print(format_tables(result))
     if args.out is not None:
