@@ -75,6 +75,8 @@ class Run:
     def open(cls, cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, resume: bool) -> Run:
         run_dir = Path(run_dir)
         dist = init(cfg.device)  # torchrun: joins the process group; a plain process: rank 0 of 1
+        if dist.world > 1 and cfg.method != "qk":
+            raise ValueError(f"method {cfg.method} runs in one process only; torchrun shards the QK bank")
         if run_dir.exists() and any(run_dir.iterdir()) and not resume and dist.is_main:
             raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume to continue it "
                                   "or choose a new --out")
