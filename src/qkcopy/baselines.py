@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from qkcopy.images import ImageDataset, SkipLog, collate_skipping, iter_images
 from qkcopy.metrics import Metrics, Predictions, evaluate
 from qkcopy.pca import PCA
 from qkcopy.plots import plot_pr_curves
+from qkcopy.run import git_commit
 from qkcopy.search import search_predictions
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,6 @@ class BaselineOptions:
             raise ValueError(f"pca_dim, pca_max_train, batch sizes and input_size must be >= 1, got {self}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-
-
-def git_commit() -> str:
-    """HEAD of the repository this file lives in, or "unknown"."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def gist_descriptors(paths: Sequence[Path], skips: SkipLog, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:

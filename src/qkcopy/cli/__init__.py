@@ -15,6 +15,13 @@ import sys
 COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo')
 
 
+def add_embedding_options(p: argparse.ArgumentParser) -> None:
+    """--batch, --workers, --device: shared by the commands that embed images with a trained model."""
+    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkcopy", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

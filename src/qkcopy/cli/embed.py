@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qkcopy.cli import add_embedding_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="descriptors of a folder of images (ISC2021 h5 + npy), in resumable shards",
@@ -15,11 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="query: Q model; reference: K model (index references with K, search with Q)")
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.h5, PREFIX.npy, "
                                                            "PREFIX_ids.txt, PREFIX.meta.json")
-    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    add_embedding_options(p)
     p.add_argument("--shard-size", type=int, default=10_000, help="images per resumable shard [10000]")
     p.add_argument("--keep-shards", action="store_true", help="keep PREFIX.shards/ after merging")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
     p.set_defaults(func=run)
 
 

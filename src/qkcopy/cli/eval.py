@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qkcopy.cli import add_embedding_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a benchmark and calibrate its copy threshold",
@@ -20,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-background", type=int, default=10, help="normalise by the n-th nearest background "
                                                                 "image [10]")
     p.add_argument("--max-background", type=int, help="use only the first N training images as background")
-    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+    add_embedding_options(p)
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq")  # qkcopy.index.INDEX_TYPES (imported lazily: faiss)
 
+from qkcopy.cli import add_embedding_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build or extend a searchable index of reference images",
@@ -23,9 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--m", type=int, help="IVF-PQ sub-quantisers, dividing the descriptor dim [32]")
     p.add_argument("--nprobe", type=int, help="IVF cells searched by default at search time [min(nlist, 16)]")
     p.add_argument("--add", action="store_true", help="append these references to the existing index in --out")
-    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+    add_embedding_options(p)
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qkcopy.cli import add_embedding_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search images among an index's references: copy or not a copy",
@@ -19,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "pairs scoring at or above it are copies [none: rank only]")
     p.add_argument("--nprobe", type=int, help="IVF cells searched [the index's default]")
     p.add_argument("--out", type=Path, required=True, help="results file, .csv or .json")
-    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+    add_embedding_options(p)
     p.set_defaults(func=run)
 
 
