@@ -11,8 +11,8 @@ from torch import nn
 
 from qkcopy.colearn import colearn_loss
 from qkcopy.distributed import (Dist, MainRankOnly, ShardedBatches, choose_chunk_rows, gather_rows, init,
-                                shard_chunks, shard_range, sharded_colearn_loss, sharded_indices, smallest_pairs)
-from qkcopy.loss import LossConfig, qk_loss
+                                shard_chunks, shard_range, sharded_colearn_loss, sharded_indices)
+from qkcopy.loss import HardNegativeMiner, LossConfig, qk_loss, smallest_pairs
 
 D, G, E, N, B = 12, 6, 6, 37, 7
 CFG = LossConfig(tau=0.5, negatives_per_positive=3)
@@ -200,3 +200,24 @@ def test_chunk_rows_follow_free_memory():
     assert choose_chunk_rows(8 << 30, 32, 1536, 1024, 256) == (4 << 30) // per_row // 1024 * 1024
     assert choose_chunk_rows(1 << 20, 32, 1536, 1024, 256) == 1024  # never below one multiple
     assert choose_chunk_rows(1 << 50, 32, 1536, 1024, 256) == 1 << 20  # capped
+
+
+def test_miner_ties_do_not_depend_on_chunks_or_shards():
+    """Integer distances, many ties: one process with any chunking, and shards merged, keep the same pairs."""
+    d2 = torch.randint(0, 4, (5, N), generator=torch.Generator().manual_seed(0)).float()  # (B, N)
+    positive_rows = torch.tensor([0, 5, 10, 36, 20])
+    k = 12
+    naive = sorted((d2[b, r].item(), b, r) for b in range(5) for r in range(N) if r != positive_rows[b])[:k]
+
+    def mined(start, stop, chunk):
+        miner = HardNegativeMiner(k, positive_rows)
+        for s in range(start, stop, chunk):
+            miner.update(d2[:, s:min(s + chunk, stop)], s)
+        return miner.result()
+
+    for chunk in (1, 4, 7, N):
+        v, b, r = mined(0, N, chunk)
+        assert list(zip(v.tolist(), b.tolist(), r.tolist())) == naive
+    parts = [mined(*shard_range(N, rank, 3), 5) for rank in range(3)]
+    v, b, r = smallest_pairs(*(torch.cat(t) for t in zip(*parts)), k)
+    assert list(zip(v.tolist(), b.tolist(), r.tolist())) == naive

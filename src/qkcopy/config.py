@@ -63,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
     amp: bool = True  # bf16 autocast on GPU; CPU runs in float32
-    bank_chunk_rows: int = 65536
+    bank_chunk_rows: int = 0  # 0: from free memory (distributed.auto_chunk_rows)
     tensorboard: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -38,7 +38,7 @@ import torch.distributed as tdist
 from torch.distributed._functional_collectives import all_gather_single
 
 from qkcopy.colearn import HeadFn, StepResult, mine_hard_negatives, pair_loss
-from qkcopy.loss import LossConfig
+from qkcopy.loss import LossConfig, smallest_pairs
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +200,6 @@ def shard_chunks(bank_rows: torch.Tensor, shard: tuple[int, int], chunk_rows: in
     start, stop = shard
     for offset in range(start, stop, chunk_rows):
         yield offset, bank_rows[offset:min(offset + chunk_rows, stop)].to(device, non_blocking=True).to(dtype)
-
-
-def smallest_pairs(values: torch.Tensor, batch_index: torch.Tensor, rows: torch.Tensor,
-                   k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The k smallest (value, batch index, row) triples in lexicographic order: a tie-free, canonical choice."""
-    order = torch.argsort(rows, stable=True)
-    order = order[torch.argsort(batch_index[order], stable=True)]
-    order = order[torch.argsort(values[order], stable=True)][:k]
-    return values[order], batch_index[order], rows[order]
 
 
 def sharded_colearn_loss(queries_local: torch.Tensor, positive_rows_local: torch.Tensor, head: HeadFn,

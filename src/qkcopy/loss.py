@@ -53,11 +53,22 @@ def qk_loss(d2_pos: torch.Tensor, d2_neg: torch.Tensor, cfg: LossConfig) -> Loss
     return LossParts(total=cfg.w_pos * l_pos + cfg.w_neg * l_neg, pos=l_pos, neg=l_neg)
 
 
+def smallest_pairs(values: torch.Tensor, batch_index: torch.Tensor, rows: torch.Tensor,
+                   k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k smallest (value, batch index, row) triples in lexicographic order: a tie-free, canonical choice."""
+    order = torch.argsort(rows, stable=True)
+    order = order[torch.argsort(batch_index[order], stable=True)]
+    order = order[torch.argsort(values[order], stable=True)][:k]
+    return values[order], batch_index[order], rows[order]
+
+
 class HardNegativeMiner:
     """Running top-K smallest distances over (batch item, bank row) pairs, positives excluded.
 
     Fed one (B, C) chunk of distances at a time, so the full (B, N) matrix never exists. The K = B·M pairs it
-    keeps are the global hardest of the whole batch (not M per query), as in the paper.
+    keeps are the global hardest of the whole batch (not M per query), as in the paper. Ties are broken by
+    batch index, then bank row (`smallest_pairs`), so the choice does not depend on how the bank is chunked
+    or sharded over ranks.
     """
 
     def __init__(self, k: int, positive_rows: torch.Tensor):
@@ -82,17 +93,19 @@ class HardNegativeMiner:
             d2[inside.nonzero().squeeze(1), local[inside]] = float("inf")
         flat = d2.reshape(-1)  # (B·C,)
         values, flat_index = torch.topk(flat, min(self.k, flat.numel()), largest=False, sorted=False)
+        if values.numel():  # ties at the k-th value: keep the lowest flat indices (batch, then row)
+            kth = values.max()
+            below = flat_index[values < kth]
+            tied = (flat == kth).nonzero().squeeze(1)[:values.numel() - below.numel()]
+            flat_index = torch.cat([below, tied])
+            values = flat[flat_index]
         keep = torch.isfinite(values)
         values, flat_index = values[keep], flat_index[keep]
         values = torch.cat([self.values, values])
         batch_index = torch.cat([self.batch_index, flat_index // c_count])
         rows = torch.cat([self.rows, flat_index % c_count + row_offset])
-        if values.numel() > self.k:
-            values, keep = torch.topk(values, self.k, largest=False, sorted=False)
-            batch_index, rows = batch_index[keep], rows[keep]
-        self.values, self.batch_index, self.rows = values, batch_index, rows
+        self.values, self.batch_index, self.rows = smallest_pairs(values, batch_index, rows, self.k)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values, batch_index, rows) of the kept negatives, sorted by distance, each (K,)."""
-        order = torch.argsort(self.values)
-        return self.values[order], self.batch_index[order], self.rows[order]
+        """(values, batch_index, rows) of the kept negatives, sorted by (distance, batch index, row), each (K,)."""
+        return self.values, self.batch_index, self.rows

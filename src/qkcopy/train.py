@@ -26,7 +26,8 @@ from qkcopy.bank import Bank, BankHeader, StaleBankError, write_bank
 from qkcopy.config import TrainConfig, lr_at, phase_steps
 from qkcopy.contrastive import KeyQueue, moco_loss, momentum_update, simclr_loss
 from qkcopy.data import BANK_STREAM, PhaseBatches, TrainImages, query_seed
-from qkcopy.distributed import ShardedBatches, gather_rows, shard_chunks, shard_range, sharded_colearn_loss
+from qkcopy.distributed import (ShardedBatches, auto_chunk_rows, gather_rows, shard_chunks, shard_range,
+                                sharded_colearn_loss)
 from qkcopy.model import param_fingerprint
 from qkcopy.optim import make_optimizer, set_lr
 from qkcopy.run import Run, evaluate_run
@@ -121,8 +122,11 @@ def _step(run: Run, side: str, batch, bank: Bank | None, queue: KeyQueue | None)
         with run.autocast():
             desc = trained(tensors[0], g256[0])  # (B, E)
         shard = shard_range(len(bank), run.dist.rank, run.dist.world)  # this rank's bank rows
+        chunk_rows = run.cfg.bank_chunk_rows or auto_chunk_rows(run.device, run.cfg.data.batch_size,
+                                                                bank.header.width, run.cfg.model.hidden,
+                                                                run.cfg.model.descriptor_dim)
         return sharded_colearn_loss(desc.float(), index, frozen.head,
-                                    shard_chunks(bank.rows, shard, run.cfg.bank_chunk_rows, run.device),
+                                    shard_chunks(bank.rows, shard, chunk_rows, run.device),
                                     lambda rows: bank.take(rows, run.device), shard, run.feature_dim,
                                     run.cfg.loss, run.dist)
     with run.autocast():
