@@ -213,7 +213,12 @@ def load_trained(path: str | Path, device: str = "cpu") -> TrainedModels:
         raise FileNotFoundError(f"{path} is not a qkcopy run directory or checkpoint (expected config.yaml "
                                 "and gist_pca.safetensors in the run directory)")
     cfg = load_config(run_dir / "config.yaml")
-    q, k = build_qk_models(dataclasses.replace(cfg.model, weights=None), cfg.seed)
+    quiet = logging.getLogger("qkcopy.backbone")
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # no "random weights" warning: they are loaded next
+    try:
+        q, k = build_qk_models(dataclasses.replace(cfg.model, weights=None), cfg.seed)
+    finally:
+        quiet.setLevel(level)
     ckpt.load_weights(checkpoint, {"q": q, "k": k})
     gist256 = Gist256(PCA.load(run_dir / "gist_pca.safetensors"))
     dev = resolve_device(device)
