@@ -5,17 +5,7 @@ from torch import nn
 
 from qkcopy.colearn import colearn_loss, in_batch_loss
 from qkcopy.loss import LossConfig, qk_loss
-
-D, G, E = 12, 6, 6
-
-
-class TinyHead(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ffn = nn.Sequential(nn.Linear(D + G, 16), nn.ReLU(), nn.Linear(16, E))
-
-    def forward(self, feat, g):
-        return 0.1 * self.ffn(torch.cat([feat, g], 1)) + g
+from tiny_head import D, E, G, TinyHead
 
 
 def _setup(seed=0, n=37, b=5):

@@ -13,18 +13,10 @@ from qkcopy.colearn import colearn_loss
 from qkcopy.distributed import (Dist, MainRankOnly, ShardedBatches, choose_chunk_rows, gather_rows, init,
                                 shard_chunks, shard_range, sharded_colearn_loss, sharded_indices)
 from qkcopy.loss import HardNegativeMiner, LossConfig, qk_loss, smallest_pairs
+from tiny_head import D, E, G, TinyHead
 
-D, G, E, N, B = 12, 6, 6, 37, 7
+N, B = 37, 7
 CFG = LossConfig(tau=0.5, negatives_per_positive=3)
-
-
-class TinyHead(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ffn = nn.Sequential(nn.Linear(D + G, 16), nn.ReLU(), nn.Linear(16, E))
-
-    def forward(self, feat, g):
-        return 0.1 * self.ffn(torch.cat([feat, g], 1)) + g
 
 
 def _setup(seed=0):

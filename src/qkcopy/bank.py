@@ -81,8 +81,7 @@ class Bank:
 
     def chunks(self, chunk_rows: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (row_offset, rows (C, F) float32 on device) over the whole bank."""
-        for start in range(0, self.header.n_rows, chunk_rows):
-            yield start, self.rows[start:start + chunk_rows].to(device, non_blocking=True).float()
+        return shard_chunks(self.rows, (0, self.header.n_rows), chunk_rows, device)
 
     def take(self, index: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """Rows at `index` (S,) int64 → (S, F) float32 on device."""
@@ -91,6 +90,14 @@ class Bank:
     def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, F) rows → (features (S, D), gist256 (S, G))."""
         return rows[:, :self.header.feature_dim], rows[:, self.header.feature_dim:]
+
+
+def shard_chunks(bank_rows: torch.Tensor, shard: tuple[int, int], chunk_rows: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, torch.Tensor]]:
+    """(global row offset, rows (C, F) in dtype on device) over rows start … stop−1 of an (N, F) bank tensor."""
+    start, stop = shard
+    for offset in range(start, stop, chunk_rows):
+        yield offset, bank_rows[offset:min(offset + chunk_rows, stop)].to(device, non_blocking=True).to(dtype)
 
 
 def write_bank(path: str | Path, header: BankHeader, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Bank:

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as tdist
 from torch.distributed._functional_collectives import all_gather_single
 
+from qkcopy.bank import shard_chunks  # noqa: F401  (part of this module's API: a rank's bank chunks)
 from qkcopy.colearn import HeadFn, StepResult, mine_hard_negatives, pair_loss
 from qkcopy.loss import LossConfig, smallest_pairs
 
@@ -192,14 +193,6 @@ class ShardedBatches(torch.utils.data.Sampler):
         for batch in self.batches:
             start, stop = shard_range(len(batch), self.dist.rank, self.dist.world)
             yield batch[start:stop]
-
-
-def shard_chunks(bank_rows: torch.Tensor, shard: tuple[int, int], chunk_rows: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, torch.Tensor]]:
-    """(global row offset, rows (C, F) in dtype on device) over rows start … stop−1 of an (N, F) bank tensor."""
-    start, stop = shard
-    for offset in range(start, stop, chunk_rows):
-        yield offset, bank_rows[offset:min(offset + chunk_rows, stop)].to(device, non_blocking=True).to(dtype)
 
 
 def sharded_colearn_loss(queries_local: torch.Tensor, positive_rows_local: torch.Tensor, head: HeadFn,
