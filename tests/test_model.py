@@ -12,6 +12,7 @@ from qkcopy.model import (
     build_qk_models,
     derive_seed,
     freeze_batchnorm,
+    init_head_from_pca,
     param_fingerprint,
 )
 
@@ -58,6 +59,35 @@ def test_head_rejects_bad_inputs():
     assert head(torch.rand(3, 40).half().float(), torch.randn(3, 16).half().float()).shape == (3, 16)
 
 
+@pytest.mark.parametrize("feature_norm", [False, True])
+def test_pca_head_init_is_exactly_gist_plus_scaled_projection(feature_norm):
+    """After init the head computes g + λ·P(f̂ − μ), P the top-E principal directions (checked against an SVD
+    written here), and λ makes the backbone part's RMS norm `weight` × gist256's."""
+    torch.manual_seed(2)
+    n, d, e = 200, 40, 8
+    basis = torch.randn(d, d)
+    feat = (torch.randn(n, d) * torch.linspace(3, 0.1, d)) @ basis.T + 5  # (N, D) distinct variances
+    g = 0.3 * torch.randn(n, e)
+    head = Head(feature_dim=d, descriptor_dim=e, hidden=24, scale=0.01, feature_norm=feature_norm)
+    lam = init_head_from_pca(head, feat, g, weight=2.5)
+
+    x = (torch.nn.functional.normalize(feat.double(), dim=1) if feature_norm else feat.double())
+    centred = x - x.mean(0)
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    z = centred @ vt[:e].T  # (N, E), principal coordinates up to sign
+    with torch.no_grad():
+        backbone_part = (head(feat, g) - g).double()  # (N, E)
+    # the same coordinates up to each axis' sign
+    signs = torch.sign((backbone_part * z).sum(0))
+    assert torch.allclose(backbone_part, lam * z * signs, atol=1e-4 * lam)
+    ratio = backbone_part.pow(2).sum(1).mean().sqrt() / g.double().pow(2).sum(1).mean().sqrt()
+    assert ratio.item() == pytest.approx(2.5, rel=1e-4)
+    # the other H − 2E hidden units start with zero output weights
+    assert head.ffn[2].weight[:, 2 * e:].abs().sum() == 0
+    with pytest.raises(ValueError, match="at least 8 training images"):
+        init_head_from_pca(head, feat[:5], g[:5], weight=1.0)
+
+
 def test_model_config():
     cfg = ModelConfig()
     assert (cfg.backbone, cfg.weights, cfg.descriptor_dim, cfg.head_scale, cfg.variant) == \
@@ -68,6 +98,10 @@ def test_model_config():
         ModelConfig(variant="paperish")
     with pytest.raises(ValueError, match="hidden"):
         ModelConfig(hidden=0)
+    with pytest.raises(ValueError, match="head_init"):
+        ModelConfig(head_init="zeros")
+    with pytest.raises(ValueError, match=r"hidden >= 2 x descriptor_dim \(512\)"):
+        ModelConfig(head_init="pca", hidden=500)
 
 
 @pytest.fixture(scope="module")

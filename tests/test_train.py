@@ -31,9 +31,10 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["qk", "moco"])
+@pytest.mark.parametrize("method", ["qk", "moco", "qk-pca-init"])
 def test_resume_continues_exactly(images, tmp_path, method):
-    cfg = load_config("cpu", TINY + [f"method={method}"])
+    extra = ["model.head_init=pca", "model.feature_norm=true"] if method == "qk-pca-init" else []
+    cfg = load_config("cpu", TINY + [f"method={method.split('-')[0]}"] + extra)
     train(cfg, images, tmp_path / "straight")
     train(cfg, images, tmp_path / "stopped", stop_after_steps=2)  # inside Q1
     train(cfg, images, tmp_path / "stopped", resume=True, stop_after_steps=4)  # inside K1, after a bank switch
@@ -57,6 +58,17 @@ def test_training_changes_weights_but_not_batchnorm(images, tmp_path):
     changed = {k for k in before if not torch.equal(after[k], before[k])}
     assert any(k.startswith("q.backbone") for k in changed) and any(k.startswith("k.backbone") for k in changed)
     assert any(k.startswith("q.head") for k in changed) and any(k.startswith("k.head") for k in changed)
+
+
+def test_pca_head_init_starts_both_heads_alike_and_is_saved(images, tmp_path):
+    cfg = load_config("cpu", TINY + ["model.head_init=pca", "model.feature_norm=true", "schedule.phases=[Q]"])
+    train(cfg, images, tmp_path / "run")
+    init = load_file(tmp_path / "run" / "checkpoints" / "init" / "weights.safetensors")
+    q0, _ = build_qk_models(cfg.model, cfg.seed)
+    for name, random_init in q0.head.state_dict().items():
+        assert torch.equal(init[f"q.head.{name}"], init[f"k.head.{name}"]), name
+    assert not torch.equal(init["q.head.ffn.2.weight"], q0.head.state_dict()["ffn.2.weight"])
+    assert not torch.equal(_weights(tmp_path / "run")["q.head.ffn.0.weight"], init["q.head.ffn.0.weight"])
 
 
 def test_full_freeze_leaves_the_frozen_head_alone(images, tmp_path):
@@ -92,6 +104,14 @@ def test_config_presets_overrides_and_unknown_keys():
         load_config("cpu", ["loss.tua=0.05"])
     with pytest.raises(FileNotFoundError, match="presets"):
         load_config("nope")
+    # YAML 1.1 reads 3e-5 as a string and 1 as an int: float fields get numbers, wrong types a clear error
+    coerced = load_config("cpu", ["optim.lr=3e-5", "loss.tau=1", "data.max_train_images=null"])
+    assert (coerced.optim.lr, coerced.loss.tau, coerced.data.max_train_images) == (3e-5, 1.0, None)
+    assert isinstance(coerced.loss.tau, float)
+    with pytest.raises(ValueError, match="optim.lr must be a number, got 'fast'"):
+        load_config("cpu", ["optim.lr=fast"])
+    with pytest.raises(ValueError, match="schedule.steps_per_phase must be an integer, got 2.5"):
+        load_config("cpu", ["schedule.steps_per_phase=2.5"])
 
 
 def test_cosine_schedule_to_half():

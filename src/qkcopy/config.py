@@ -91,6 +91,19 @@ def to_dict(cfg) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """YAML reads `3e-5` as a string and `1` as an int: numbers for float fields, a clear error otherwise."""
+    allowed = typing.get_args(hint) or (hint,)
+    if float in allowed and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"config key {key} must be a number, got {value!r}") from None
+    if int in allowed and float not in allowed and not isinstance(value, int) and value is not None:
+        raise ValueError(f"config key {key} must be an integer, got {value!r}")
+    return value
+
+
 def _build(cls, values: dict[str, Any], where: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -106,6 +119,8 @@ def _build(cls, values: dict[str, Any], where: str):
             value = _build(hint, value, f"{where}{name}.")
         elif isinstance(value, list):
             value = tuple(value)
+        else:
+            value = _coerce(value, hint, where + name)
         kwargs[name] = value
     return cls(**kwargs)
 

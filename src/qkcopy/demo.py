@@ -174,13 +174,14 @@ def run_demo(out: str | Path, images: str | Path | None = None, options: DemoOpt
     train(cfg, bench.train_paths, qk_dir)
     tick = lap("qk_training", tick)
     preds = None
-    for name in segment_names(cfg):
+    started = ["init"] if (qk_dir / "checkpoints" / "init").exists() else []  # head_init pca: the start point
+    for name in started + segment_names(cfg):
         checkpoint = qk_dir / "checkpoints" / name
         trained_for = (checkpoint / "state.json").stat().st_mtime - train_start  # phase end, from the file
         t0 = time.perf_counter()
         preds, metrics = evaluate_checkpoint(checkpoint, bench, options.workers)
         preds.to_csv(qk_dir / f"predictions-{name}.csv")
-        label = f"QK Iteration after {name}"
+        label = "QK Iteration at step 0 (PCA head init)" if name == "init" else f"QK Iteration after {name}"
         rows.append(_row(label, metrics, max(trained_for, 0.0) + time.perf_counter() - t0))
         curves[label] = metrics
     tick = lap("qk_evaluation", tick)

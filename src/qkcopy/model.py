@@ -7,8 +7,16 @@ is a small residual on gist256), H hidden FFN width.
     ffn  = Linear(D + G → H) → ReLU → Linear(H → E)
     competition variant, applied after: desc ← desc + s · Linear(H → E)(ReLU(Linear(E → H)(desc)))
 
-The layers keep PyTorch's default init: with s = 0.01 the initial descriptor is gist256 plus a perturbation about
-1% of the FFN's output scale, which already puts a freshly built model at the GIST baseline. H = 1024 by default:
+With `feature_norm` the head sees feat / ‖feat‖ instead of feat (bank rows stay raw features; the head
+normalises them every time it reads them). Two starting points for the FFN:
+- "random" (the paper): PyTorch's default init; with s = 0.01 the initial descriptor is gist256 plus a
+  perturbation about 1% of the FFN's output scale, i.e. a freshly built model sits at the GIST baseline and
+  only ~10^5 steps move the descriptor onto the backbone's features.
+- "pca" (`init_head_from_pca`): the FFN starts as an exact linear map, desc = g + λ · P(f̂ − μ), with P the top
+  E principal directions of the frozen backbone's features on the training images (fitted by the trainer from
+  the first bank, no whitening) and λ setting the backbone part's RMS norm to `head_init_weight` × gist256's.
+  Short (CPU) schedules then start from GIST and the off-the-shelf backbone combined and train from there.
+H = 1024 by default:
 a bottleneck below D + G = 1536 for efficientnet_lite0, about 1.8 M head parameters against 3.4 M in the
 backbone. BatchNorm is frozen everywhere (eval mode, no gradient) because training batches are small and
 mostly augmented copies of few images.
@@ -30,6 +38,7 @@ from qkcopy.backbone import create_backbone, feature_dim, input_normalization
 log = logging.getLogger(__name__)
 
 VARIANTS = ("paper", "competition")
+HEAD_INITS = ("random", "pca")
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,18 @@ class ModelConfig:
     descriptor_dim: int = 256
     head_scale: float = 0.01
     variant: str = "paper"
+    feature_norm: bool = False  # L2-normalise the backbone feature at the head's input
+    head_init: str = "random"  # "random" (the paper) or "pca" (see the module doc)
+    head_init_weight: float = 3.0  # "pca": RMS norm of the backbone part / RMS norm of gist256
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"model variant {self.variant!r} is not one of {VARIANTS}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"model head_init {self.head_init!r} is not one of {HEAD_INITS}")
+        if self.head_init == "pca" and (self.hidden < 2 * self.descriptor_dim or self.head_init_weight <= 0):
+            raise ValueError(f"head_init pca needs hidden >= 2 x descriptor_dim ({2 * self.descriptor_dim}) and "
+                             f"head_init_weight > 0, got hidden {self.hidden}, weight {self.head_init_weight}")
         for field in ("image_size", "hidden", "descriptor_dim"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"model {field} must be positive, got {getattr(self, field)}")
@@ -58,11 +75,12 @@ class Head(nn.Module):
     """(feat (B, D), g256 (B, E)) → descriptor (B, E); both inputs in the head's dtype (float32 by default)."""
 
     def __init__(self, feature_dim: int, descriptor_dim: int = 256, hidden: int = 1024,
-                 scale: float = 0.01, variant: str = "paper") -> None:
+                 scale: float = 0.01, variant: str = "paper", feature_norm: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"head variant {variant!r} is not one of {VARIANTS}")
         self.feature_dim, self.descriptor_dim, self.scale = feature_dim, descriptor_dim, scale
+        self.feature_norm = feature_norm
         self.ffn = _ffn(feature_dim + descriptor_dim, hidden, descriptor_dim)
         self.refine = _ffn(descriptor_dim, hidden, descriptor_dim) if variant == "competition" else None
 
@@ -74,10 +92,54 @@ class Head(nn.Module):
         if g256.shape != (feat.shape[0], self.descriptor_dim) or g256.dtype != dtype:
             raise ValueError(f"head gist256 must be ({feat.shape[0]}, {self.descriptor_dim}) {dtype}, "
                              f"got {tuple(g256.shape)} {g256.dtype}")
+        if self.feature_norm:
+            feat = nn.functional.normalize(feat, dim=1)  # (B, D)
         desc = g256 + self.scale * self.ffn(torch.cat([feat, g256], dim=1))  # (B, E)
         if self.refine is not None:
             desc = desc + self.scale * self.refine(desc)  # (B, E)
         return desc
+
+
+@torch.no_grad()
+def init_head_from_pca(head: Head, features: torch.Tensor, g256: torch.Tensor, weight: float) -> float:
+    """Make `head` compute g + λ · P(f̂ − μ) exactly; returns λ. P, μ: PCA of `features` (N, D) (normalised
+    first when the head normalises), λ: RMS‖λ · P(f̂ − μ)‖ = weight · RMS‖g256‖ over these rows.
+
+    Layer 1 holds ±a·P in its first 2E units (ReLU(x) − ReLU(−x) = x), a = 1 / RMS of a projected coordinate so
+    those units run at unit scale; layer 2 holds ±(λ / (s·a))·I on them and zeros on the other H − 2E units,
+    which keep their random input weights and start contributing as training moves their zero outputs.
+    """
+    from qkcopy.pca import PCA  # numpy-side fit, float64
+
+    e, d = head.descriptor_dim, head.feature_dim
+    if features.ndim != 2 or features.shape[1] != d or g256.shape != (features.shape[0], e):
+        raise ValueError(f"head init needs features (N, {d}) and gist256 (N, {e}), "
+                         f"got {tuple(features.shape)} and {tuple(g256.shape)}")
+    if features.shape[0] < e:
+        raise ValueError(f"head init: a PCA to {e} dims needs at least {e} training images, got {features.shape[0]}")
+    feat = features.double()
+    if head.feature_norm:
+        feat = nn.functional.normalize(feat, dim=1)  # (N, D)
+    pca = PCA.fit(feat.numpy(), dim=e)
+    proj = torch.from_numpy(pca.components).double()  # (E, D)
+    mean = torch.from_numpy(pca.mean).double()  # (D,)
+    z = (feat - mean) @ proj.T  # (N, E)
+    rms_z = z.pow(2).sum(1).mean().sqrt()
+    lam = weight * g256.double().pow(2).sum(1).mean().sqrt() / rms_z
+    a = (e / rms_z.pow(2)).sqrt()  # 1 / RMS of one coordinate
+    first, second = head.ffn[0], head.ffn[2]
+    first.weight[:2 * e].zero_()
+    first.weight[:e, :d] = (a * proj).to(first.weight)
+    first.weight[e:2 * e, :d] = (-a * proj).to(first.weight)
+    first.bias[:e] = (-a * proj @ mean).to(first.weight)
+    first.bias[e:2 * e] = (a * proj @ mean).to(first.weight)
+    c = (lam / (head.scale * a)).item()
+    second.weight.zero_()
+    second.bias.zero_()
+    eye = torch.eye(e, dtype=second.weight.dtype, device=second.weight.device)
+    second.weight[:, :e] = c * eye
+    second.weight[:, e:2 * e] = -c * eye
+    return lam.item()
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -133,7 +195,8 @@ def derive_seed(seed: int, tag: str) -> int:
 def build_model(cfg: ModelConfig, backbone: nn.Module, head_seed: int) -> DescriptorModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed)
-        head = Head(feature_dim(backbone), cfg.descriptor_dim, cfg.hidden, cfg.head_scale, cfg.variant)
+        head = Head(feature_dim(backbone), cfg.descriptor_dim, cfg.hidden, cfg.head_scale, cfg.variant,
+                    cfg.feature_norm)
     mean, std = input_normalization(cfg.backbone)
     return DescriptorModel(backbone, head, mean, std)
 
