@@ -51,7 +51,8 @@ def _make_tiny_run(run_dir: Path, seed: int) -> Path:
     from qkcopy.pca import PCA
 
     cfg = TrainConfig(seed=seed, device="cpu", amp=False,
-                      model=ModelConfig(backbone="efficientnet_lite0", weights=None, image_size=64, hidden=64))
+                      model=ModelConfig(backbone="efficientnet_lite0", weights=None, image_size=64, hidden=64,
+                                        feature_norm=True))
     g = torch.Generator().manual_seed(seed)
     rows = np.random.default_rng(seed).normal(size=(300, 960))
     run_dir.mkdir(parents=True)

@@ -57,7 +57,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
-    methods = ["GIST + PCA", "off-the-shelf efficientnet_lite0 64px", "QK Iteration after Q1", "QK Iteration after K1"]
+    methods = ["GIST + PCA", "off-the-shelf efficientnet_lite0 64px", "QK Iteration at step 0 (PCA head init)",
+               "QK Iteration after Q1", "QK Iteration after K1", "QK Iteration after Q2"]
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results["rows"]] == methods
     report = (out / "report.md").read_text()
@@ -72,7 +73,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
             assert im.format == "PNG" and im.size[0] > 200
     assert "<table>" in (out / "report.html").read_text()
     log = [json.loads(line) for line in (out / "qk" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["segment"] for r in log] == ["Q1", "Q1", "K1", "K1"]
+    assert [r["segment"] for r in log] == ["Q1", "Q1", "K1", "K1", "Q2", "Q2"]
     assert len(list((out / "benchmark" / "queries").iterdir())) == 8
     assert main(["demo", "--out", str(out)]) == 2  # refuses a used folder
 

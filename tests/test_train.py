@@ -13,7 +13,8 @@ from qkcopy.train import TrainingDiverged, train
 
 TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.descriptor_dim=16",
         "data.batch_size=4", "data.workers=0", "data.pca_images=24", "schedule.steps_per_phase=3",
-        "schedule.phases=[Q,K]", "schedule.checkpoint_every=100", "device=cpu"]
+        "schedule.phases=[Q,K]", "schedule.checkpoint_every=100", "device=cpu",
+        "model.head_init=random", "model.feature_norm=false"]  # the paper's start; PCA init tested on its own
 
 
 @pytest.fixture(scope="module")

@@ -200,6 +200,9 @@ def run_demo(out: str | Path, images: str | Path | None = None, options: DemoOpt
              f"Training: preset {options.config!r}{' with ' + ' '.join(options.overrides) if options.overrides else ''} — {cfg.model.backbone} at "
              f"{cfg.model.image_size} px, phases {' '.join(segment_names(cfg))}, "
              f"{cfg.schedule.steps_per_phase} steps each, batch {cfg.data.batch_size}.",
+             *(["QK at step 0: both heads start as an exact PCA map of the backbone's features (model.head_init "
+                "pca), i.e. GIST and the off-the-shelf backbone combined; the rows after it show what QK training "
+                "adds."] if started else []),
              "Wall time: a baseline's whole run; a QK row's training time up to the end of that phase plus its "
              f"evaluation. Demo total {seconds:.0f} s: "
              + ", ".join(f"{stage} {s:.0f} s" for stage, s in stages.items()) + "."]
