@@ -22,14 +22,14 @@ import torch
 import yaml
 
 from qkcopy import checkpoint as ckpt
+from qkcopy.backbone import feature_dim
 from qkcopy.config import TrainConfig, load_config, phase_steps, to_dict
 from qkcopy.contrastive import KeyQueue
 from qkcopy.data import Gist256, fit_gist256, valid_images
 from qkcopy.distributed import Dist, init
 from qkcopy.embed import embed_paths, resolve_device
 from qkcopy.metrics import evaluate
-from qkcopy.backbone import feature_dim
-from qkcopy.model import DescriptorModel, build_qk_models
+from qkcopy.model import DescriptorModel, build_qk_models, param_fingerprint
 from qkcopy.pca import PCA
 from qkcopy.search import search_predictions
 
@@ -199,7 +199,6 @@ class TrainedModels:
     @property
     def fingerprint(self) -> str:
         """Identifies the exact (Q, K, PCA) weights: an index built with one refuses queries from another."""
-        from qkcopy.model import param_fingerprint
         return hashlib.sha256(f"{param_fingerprint(self.q)}/{param_fingerprint(self.k)}/"
                               f"{self.gist256.fingerprint}".encode()).hexdigest()[:16]
 
