@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from qkcopy.backbone import create_backbone, feature_dim, input_normalization
+from qkcopy.pca import PCA
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +110,13 @@ def init_head_from_pca(head: Head, features: torch.Tensor, g256: torch.Tensor, w
     those units run at unit scale; layer 2 holds ±(λ / (s·a))·I on them and zeros on the other H − 2E units,
     which keep their random input weights and start contributing as training moves their zero outputs.
     """
-    from qkcopy.pca import PCA  # numpy-side fit, float64
-
     e, d = head.descriptor_dim, head.feature_dim
     if features.ndim != 2 or features.shape[1] != d or g256.shape != (features.shape[0], e):
         raise ValueError(f"head init needs features (N, {d}) and gist256 (N, {e}), "
                          f"got {tuple(features.shape)} and {tuple(g256.shape)}")
     if features.shape[0] < e:
         raise ValueError(f"head init: a PCA to {e} dims needs at least {e} training images, got {features.shape[0]}")
-    feat = features.double()
+    feat = features.detach().double().cpu()  # the PCA is fitted in float64 with numpy
     if head.feature_norm:
         feat = nn.functional.normalize(feat, dim=1)  # (N, D)
     pca = PCA.fit(feat.numpy(), dim=e)
@@ -125,7 +124,7 @@ def init_head_from_pca(head: Head, features: torch.Tensor, g256: torch.Tensor, w
     mean = torch.from_numpy(pca.mean).double()  # (D,)
     z = (feat - mean) @ proj.T  # (N, E)
     rms_z = z.pow(2).sum(1).mean().sqrt()
-    lam = weight * g256.double().pow(2).sum(1).mean().sqrt() / rms_z
+    lam = weight * g256.detach().double().cpu().pow(2).sum(1).mean().sqrt() / rms_z
     a = (e / rms_z.pow(2)).sqrt()  # 1 / RMS of one coordinate
     first, second = head.ffn[0], head.ffn[2]
     first.weight[:2 * e].zero_()
