@@ -60,7 +60,7 @@ class DemoOptions:
     sheet_examples: int = 8
 
 
-# --quick: about a third of the time — fewer images and steps, a smaller off-the-shelf input.
+# --quick: about a quarter of the time — fewer images and steps, a smaller off-the-shelf input.
 QUICK = dict(n_references=100, n_queries=100, n_train=300, backbone_size=160, pca_max_train=300,
              overrides=("schedule.steps_per_phase=15",))
 

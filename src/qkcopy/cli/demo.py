@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, help="folder of your own photos (default: generated images)")
     p.add_argument("--out", type=Path, help="output folder [runs/demo-<time>]")
-    p.add_argument("--quick", action="store_true", help="smaller and shorter (about a third of the time)")
+    p.add_argument("--quick", action="store_true", help="smaller and shorter (about a quarter of the time)")
     p.add_argument("--seed", type=int, default=0, help="seed of the images, benchmark and training [0]")
     p.add_argument("--config", default="demo", help="training preset or YAML file [demo]")
     p.add_argument("overrides", nargs="*", metavar="key=value",
