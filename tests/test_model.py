@@ -12,7 +12,7 @@ from qkcopy.model import (
     build_qk_models,
     derive_seed,
     freeze_batchnorm,
-    init_head_from_pca,
+    init_heads_from_pca,
     param_fingerprint,
 )
 
@@ -69,7 +69,7 @@ def test_pca_head_init_is_exactly_gist_plus_scaled_projection(feature_norm):
     feat = (torch.randn(n, d) * torch.linspace(3, 0.1, d)) @ basis.T + 5  # (N, D) distinct variances
     g = 0.3 * torch.randn(n, e)
     head = Head(feature_dim=d, descriptor_dim=e, hidden=24, scale=0.01, feature_norm=feature_norm)
-    lam = init_head_from_pca(head, feat, g, weight=2.5)
+    lam = init_heads_from_pca([head], feat, g, weight=2.5)
 
     x = (torch.nn.functional.normalize(feat.double(), dim=1) if feature_norm else feat.double())
     centred = x - x.mean(0)
@@ -85,7 +85,10 @@ def test_pca_head_init_is_exactly_gist_plus_scaled_projection(feature_norm):
     # the other H − 2E hidden units start with zero output weights
     assert head.ffn[2].weight[:, 2 * e:].abs().sum() == 0
     with pytest.raises(ValueError, match="at least 8 training images"):
-        init_head_from_pca(head, feat[:5], g[:5], weight=1.0)
+        init_heads_from_pca([head], feat[:5], g[:5], weight=1.0)
+    other = Head(feature_dim=d, descriptor_dim=e, hidden=24, scale=0.01, feature_norm=not feature_norm)
+    with pytest.raises(ValueError, match="must share"):
+        init_heads_from_pca([head, other], feat, g, weight=1.0)
 
 
 def test_model_config():

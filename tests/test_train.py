@@ -66,7 +66,7 @@ def test_pca_head_init_starts_both_heads_alike_and_is_saved(images, tmp_path):
     train(cfg, images, tmp_path / "run")
     init = load_file(tmp_path / "run" / "checkpoints" / "init" / "weights.safetensors")
     q0, _ = build_qk_models(cfg.model, cfg.seed)
-    for name, random_init in q0.head.state_dict().items():
+    for name in q0.head.state_dict():
         assert torch.equal(init[f"q.head.{name}"], init[f"k.head.{name}"]), name
     assert not torch.equal(init["q.head.ffn.2.weight"], q0.head.state_dict()["ffn.2.weight"])
     assert not torch.equal(_weights(tmp_path / "run")["q.head.ffn.0.weight"], init["q.head.ffn.0.weight"])

@@ -12,7 +12,7 @@ normalises them every time it reads them). Two starting points for the FFN:
 - "random" (the paper): PyTorch's default init; with s = 0.01 the initial descriptor is gist256 plus a
   perturbation about 1% of the FFN's output scale, i.e. a freshly built model sits at the GIST baseline and
   only ~10^5 steps move the descriptor onto the backbone's features.
-- "pca" (`init_head_from_pca`): the FFN starts as an exact linear map, desc = g + λ · P(f̂ − μ), with P the top
+- "pca" (`init_heads_from_pca`): the FFN starts as an exact linear map, desc = g + λ · P(f̂ − μ), with P the top
   E principal directions of the frozen backbone's features on the training images (fitted by the trainer from
   the first bank, no whitening) and λ setting the backbone part's RMS norm to `head_init_weight` × gist256's.
   Short (CPU) schedules then start from GIST and the off-the-shelf backbone combined and train from there.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,15 +103,21 @@ class Head(nn.Module):
 
 
 @torch.no_grad()
-def init_head_from_pca(head: Head, features: torch.Tensor, g256: torch.Tensor, weight: float) -> float:
-    """Make `head` compute g + λ · P(f̂ − μ) exactly; returns λ. P, μ: PCA of `features` (N, D) (normalised
-    first when the head normalises), λ: RMS‖λ · P(f̂ − μ)‖ = weight · RMS‖g256‖ over these rows.
+def init_heads_from_pca(heads: Sequence[Head], features: torch.Tensor, g256: torch.Tensor, weight: float) -> float:
+    """Make every head in `heads` compute g + λ · P(f̂ − μ) exactly, from one PCA fit; returns λ. P, μ: PCA of
+    `features` (N, D) (normalised first when the heads normalise), λ: RMS‖λ · P(f̂ − μ)‖ = weight · RMS‖g256‖
+    over these rows. The heads must agree in dims, scale and feature_norm (Q's and K's of one config do).
 
     Layer 1 holds ±a·P in its first 2E units (ReLU(x) − ReLU(−x) = x), a = 1 / RMS of a projected coordinate so
     those units run at unit scale; layer 2 holds ±(λ / (s·a))·I on them and zeros on the other H − 2E units,
     which keep their random input weights and start contributing as training moves their zero outputs.
     """
+    head = heads[0]
     e, d = head.descriptor_dim, head.feature_dim
+    layouts = {(h.feature_dim, h.descriptor_dim, h.scale, h.feature_norm) for h in heads}
+    if len(layouts) != 1:
+        raise ValueError(f"heads initialised together must share (feature_dim, descriptor_dim, scale, "
+                         f"feature_norm), got {sorted(layouts)}")
     if features.ndim != 2 or features.shape[1] != d or g256.shape != (features.shape[0], e):
         raise ValueError(f"head init needs features (N, {d}) and gist256 (N, {e}), "
                          f"got {tuple(features.shape)} and {tuple(g256.shape)}")
@@ -126,18 +133,19 @@ def init_head_from_pca(head: Head, features: torch.Tensor, g256: torch.Tensor, w
     rms_z = z.pow(2).sum(1).mean().sqrt()
     lam = weight * g256.detach().double().cpu().pow(2).sum(1).mean().sqrt() / rms_z
     a = (e / rms_z.pow(2)).sqrt()  # 1 / RMS of one coordinate
-    first, second = head.ffn[0], head.ffn[2]
-    first.weight[:2 * e].zero_()
-    first.weight[:e, :d] = (a * proj).to(first.weight)
-    first.weight[e:2 * e, :d] = (-a * proj).to(first.weight)
-    first.bias[:e] = (-a * proj @ mean).to(first.weight)
-    first.bias[e:2 * e] = (a * proj @ mean).to(first.weight)
     c = (lam / (head.scale * a)).item()
-    second.weight.zero_()
-    second.bias.zero_()
-    eye = torch.eye(e, dtype=second.weight.dtype, device=second.weight.device)
-    second.weight[:, :e] = c * eye
-    second.weight[:, e:2 * e] = -c * eye
+    for h in heads:
+        first, second = h.ffn[0], h.ffn[2]
+        first.weight[:2 * e].zero_()
+        first.weight[:e, :d] = (a * proj).to(first.weight)
+        first.weight[e:2 * e, :d] = (-a * proj).to(first.weight)
+        first.bias[:e] = (-a * proj @ mean).to(first.weight)
+        first.bias[e:2 * e] = (a * proj @ mean).to(first.weight)
+        second.weight.zero_()
+        second.bias.zero_()
+        eye = torch.eye(e, dtype=second.weight.dtype, device=second.weight.device)
+        second.weight[:, :e] = c * eye
+        second.weight[:, e:2 * e] = -c * eye
     return lam.item()
 
 

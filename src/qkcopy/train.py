@@ -28,7 +28,7 @@ from qkcopy.contrastive import KeyQueue, moco_loss, momentum_update, simclr_loss
 from qkcopy.data import BANK_STREAM, PhaseBatches, TrainImages, query_seed
 from qkcopy.distributed import (ShardedBatches, auto_chunk_rows, gather_rows, shard_chunks, shard_range,
                                 sharded_colearn_loss)
-from qkcopy.model import init_head_from_pca, param_fingerprint
+from qkcopy.model import init_heads_from_pca, param_fingerprint
 from qkcopy.optim import make_optimizer, set_lr
 from qkcopy.run import Run, evaluate_run
 
@@ -94,15 +94,14 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
 
 
 def init_heads(run: Run) -> None:
-    """model.head_init "pca": both heads start as g + λ·P(f̂ − μ) (model.init_head_from_pca), fitted on the
+    """model.head_init "pca": both heads start as g + λ·P(f̂ − μ) (model.init_heads_from_pca), fitted on the
     frozen K backbone's features of at most data.pca_images training images (rows of the first Q bank, which
     a QK run reuses), and the starting point is saved as checkpoints/init."""
     bank = build_bank(run, 0, "Q")
     n = len(bank)
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.seed))[:run.cfg.data.pca_images]
     feat, g256 = bank.split(bank.take(pick.sort().values))  # (S, D), (S, G) float32
-    for model in (run.q, run.k):
-        lam = init_head_from_pca(model.head, feat, g256, run.cfg.model.head_init_weight)
+    lam = init_heads_from_pca([run.q.head, run.k.head], feat, g256, run.cfg.model.head_init_weight)
     log.info("heads initialised from a PCA of %d bank rows: descriptor = gist256 + %.4f · P(f - mu)", len(pick), lam)
     if run.is_main:
         ckpt.save_checkpoint(run.dir / "checkpoints" / "init", {"q": run.q, "k": run.k},
