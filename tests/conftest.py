@@ -47,8 +47,8 @@ def _make_tiny_run(run_dir: Path, seed: int) -> Path:
 
     from qkcopy.checkpoint import save_checkpoint
     from qkcopy.config import TrainConfig, to_dict
-    from qkcopy.model import ModelConfig, build_qk_models
-    from qkcopy.pca import PCA
+    from qkcopy.model.descriptor import ModelConfig, build_qk_models
+    from qkcopy.model.pca import PCA
 
     cfg = TrainConfig(seed=seed, device="cpu", amp=False,
                       model=ModelConfig(backbone="efficientnet_lite0", weights=None, image_size=64, hidden=64,

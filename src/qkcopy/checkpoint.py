@@ -9,13 +9,12 @@ previous checkpoint stays intact until the new one is complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from qkcopy.io import atomic_dir
 
 
 def _flatten(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -39,25 +38,18 @@ def save_checkpoint(path: str | Path, models: dict[str, torch.nn.Module], state:
                     extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write models (and optimizer, and extra tensors such as a MoCo queue) atomically into directory `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {}
     for name, model in models.items():
         weights.update(_flatten(f"{name}.", model.state_dict()))
     weights.update(_flatten("extra.", extra or {}))
-    save_file(weights, tmp / "weights.safetensors")
     state = dict(state)
-    if optimizer is not None:
-        tensors, meta = _optimizer_tensors(optimizer)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        state["optimizer"] = meta
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(path) as tmp:
+        save_file(weights, tmp / "weights.safetensors")
+        if optimizer is not None:
+            tensors, meta = _optimizer_tensors(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            state["optimizer"] = meta
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
     return path
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from qkcopy.loss import LossConfig
-from qkcopy.model import ModelConfig
+from qkcopy.qk.loss import LossConfig
+from qkcopy.model.descriptor import ModelConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 METHODS = ("qk", "simclr", "moco")

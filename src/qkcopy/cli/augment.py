@@ -11,15 +11,15 @@ import argparse
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from qkcopy.augment import STRENGTHS, Edit, QueryTransform, derive_seed
-from qkcopy.images import SkipLog, iter_images, scan_images
+from qkcopy.data.augment import STRENGTHS, Edit, QueryTransform, derive_seed
+from qkcopy.data.images import SkipLog, iter_images, scan_images
+from qkcopy.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ class AugmentSummary:
     skipped: int  # unreadable source images
     recipes: Path
     sheet: Path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -88,7 +82,7 @@ def augment_folder(images: Path, out: Path, *, n: int = 4, strength: str = "medi
         for k in range(n):
             query, recipe = transform.query(img, i, k)
             name = f"{stem}_q{k}.jpg"
-            _atomic_write(out / name, _encode(query, "JPEG", quality=95))
+            atomic_write(out / name, _encode(query, "JPEG", quality=95))
             entries.append({"source": path.relative_to(images).as_posix(), "query": name,
                             "seed": derive_seed(seed, i, k), "edits": [e.to_dict() for e in recipe]})
             row.append((query, _label(recipe)))
@@ -98,9 +92,9 @@ def augment_folder(images: Path, out: Path, *, n: int = 4, strength: str = "medi
         raise ValueError(f"none of the {len(paths)} images under {images} could be read")
     recipes = out / "recipes.json"
     doc = {"strength": strength, "seed": seed, "n": n, "queries": entries}
-    _atomic_write(recipes, (json.dumps(doc, indent=1) + "\n").encode())
+    atomic_write(recipes, (json.dumps(doc, indent=1) + "\n").encode())
     sheet = out / "contact_sheet.png"
-    _atomic_write(sheet, _encode(contact_sheet(rows), "PNG"))
+    atomic_write(sheet, _encode(contact_sheet(rows), "PNG"))
     log.info("wrote %d queries, %s and %s", len(entries), recipes, sheet)
     return AugmentSummary(written=len(entries), skipped=skips.count, recipes=recipes, sheet=sheet)
 

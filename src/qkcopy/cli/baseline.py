@@ -10,8 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
-from qkcopy.baselines import METHODS, BaselineOptions, run_baseline
-from qkcopy.benchmark import load_benchmark
+from qkcopy.baselines.runner import METHODS, BaselineOptions, run_baseline
+from qkcopy.data.benchmark import load_benchmark
 
 
 def _run(args: argparse.Namespace) -> int:

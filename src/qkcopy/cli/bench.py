@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
+from qkcopy.io import atomic_write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.bench import BenchConfig, format_tables, run_bench
+    from qkcopy.perf.runner import BenchConfig, format_tables, run_bench
 
     cfg = BenchConfig(sizes=tuple(args.sizes), device=args.device, batch=args.batch, image_size=args.image_size,
                       backbone=args.backbone, chunk_rows=args.chunk_rows, repeats=args.repeats,
@@ -39,9 +38,6 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(cfg)
     print(format_tables(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.out)
+        atomic_write_json(args.out, result)
         print(f"measurements → {args.out}")
     return 0

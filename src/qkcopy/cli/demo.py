@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.demo import QUICK, DemoOptions, print_results, run_demo, split_overrides
+    from qkcopy.report.demo import QUICK, DemoOptions, print_results, run_demo, split_overrides
 
     options = DemoOptions(**QUICK) if args.quick else DemoOptions()
     options = split_overrides(dataclasses.replace(options, seed=args.seed, config=args.config), args.overrides)

@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.collection import embed_collection
-    from qkcopy.images import scan_images
-    from qkcopy.run import load_trained
+    from qkcopy.retrieval.embed_shards import embed_collection
+    from qkcopy.data.images import scan_images
+    from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, args.device)
     result = embed_collection(trained, scan_images(args.images), args.side, args.out, batch_size=args.batch,

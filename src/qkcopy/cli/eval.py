@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.benchmark import load_benchmark
-    from qkcopy.calibrate import calibrate
-    from qkcopy.run import load_trained
+    from qkcopy.data.benchmark import load_benchmark
+    from qkcopy.retrieval.calibrate import calibrate
+    from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, args.device)
     benchmark = load_benchmark(args.benchmark)

@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.export import export_models
-    from qkcopy.images import scan_images
-    from qkcopy.run import load_trained
+    from qkcopy.model.export import export_models
+    from qkcopy.data.images import scan_images
+    from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, "cpu")
     check = scan_images(args.check_images)[:8] if args.check_images else []

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.index import index_collection
-    from qkcopy.run import load_trained
+    from qkcopy.retrieval.index import index_collection
+    from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, args.device)
     index = index_collection(trained, args.out, references=args.references, descriptors=args.descriptors,

@@ -11,8 +11,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from qkcopy.augment import STRENGTHS
-from qkcopy.synth import DEV_BENCHMARK, DEV_IMAGES, DEV_TRAIN_IMAGES, BenchmarkOptions, make_benchmark
+from qkcopy.data.augment import STRENGTHS
+from qkcopy.data.synth import DEV_BENCHMARK, DEV_IMAGES, DEV_TRAIN_IMAGES, BenchmarkOptions, make_benchmark
 
 # option name -> BenchmarkOptions field
 _FIELDS = {"references": "n_references", "queries": "n_queries", "matched_fraction": "matched_fraction",

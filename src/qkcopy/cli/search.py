@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.calibrate import load_threshold
-    from qkcopy.copies import find_copies, write_matches
-    from qkcopy.images import scan_images
-    from qkcopy.index import ReferenceIndex
-    from qkcopy.run import load_trained
+    from qkcopy.retrieval.calibrate import load_threshold
+    from qkcopy.retrieval.search import find_copies, write_matches
+    from qkcopy.data.images import scan_images
+    from qkcopy.retrieval.index import ReferenceIndex
+    from qkcopy.model.trained import load_trained
 
     sources = ([args.images] if args.images else []) + list(args.files)
     if not sources:

@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.benchmark import load_benchmark
+    from qkcopy.data.benchmark import load_benchmark
     from qkcopy.config import load_config
-    from qkcopy.images import scan_images
-    from qkcopy.train import train
+    from qkcopy.data.images import scan_images
+    from qkcopy.training.loop import train
 
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
     cfg = load_config(args.config, overrides)

@@ -1,0 +1,101 @@
+"""One QK Co-learn step: the trained side's batch against every row of the frozen side's bank, on one rank or many.
+
+Letters: W world size, b this rank's batch, B = Σ b the global batch, N bank rows, C rows in one chunk,
+F = D + G bank row width, E descriptor dim, M hard negatives per positive, K = B·M, S selected bank rows
+(positives and hard negatives), S_r the part of them in this rank's bank shard.
+
+`colearn_loss` is the only implementation of the paper's step; training, `qkcopy bench` and the tests call it.
+With one process (`Dist()`, world 1) every collective below is the identity. With W ranks (torchrun):
+1. the batch's descriptors and positive rows are all-gathered (the descriptors differentiably);
+2. each rank passes the frozen side's head over its own bank shard (no grad), chunk by chunk, keeping a
+   running top-K of its distances to the whole global batch, positives excluded;
+3. the W candidate lists (distance, batch index, row) are all-gathered and every rank picks the same global
+   K hardest pairs, ties broken by (distance, batch index, row);
+4. each rank re-runs the head WITH grad on the selected rows it owns; those keys are all-gathered
+   differentiably, so every rank holds all B queries and all S keys, each with a path back to its owner;
+5. every rank computes the same global loss (`pair_loss`). The backward of an all-gather sums the W identical
+   gradients onto the owning rank; `Dist.all_reduce_mean_grads` after backward leaves exactly the
+   single-process gradient.
+The loss depends on the bank only through the S selected rows, so the gradients equal full autograd over the
+whole bank while memory never holds N × hidden activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from qkcopy.distributed import Dist
+from qkcopy.qk.bank import BankShard
+from qkcopy.qk.loss import HardNegativeMiner, LossConfig, LossParts, qk_loss, smallest_pairs, squared_distances
+
+# (features (C, D), gist256 (C, G)) -> descriptors (C, E): the frozen side's head.
+HeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: LossParts
+    d2_pos: torch.Tensor  # (B,) float32, detached
+    d2_neg: torch.Tensor  # (B·M,) float32, detached, ascending
+
+
+def mine_hard_negatives(queries: torch.Tensor, head: HeadFn, chunks: Iterable[tuple[int, torch.Tensor]],
+                        feature_dim: int, positive_rows: torch.Tensor, n_negatives: int) -> HardNegativeMiner:
+    """Pass the bank once: head over every chunk (no grad), distances to the batch, running top-k."""
+    if queries.ndim != 2:
+        raise ValueError(f"expected queries (B, E), got {tuple(queries.shape)}")
+    miner = HardNegativeMiner(n_negatives, positive_rows)
+    q = queries.detach().float()  # (B, E) float32
+    with torch.no_grad():
+        for offset, rows in chunks:  # rows (C, F)
+            keys = head(rows[:, :feature_dim], rows[:, feature_dim:])  # (C, E)
+            miner.update(squared_distances(q, keys), offset)  # (B, C) float32
+    return miner
+
+
+def pair_loss(queries: torch.Tensor, positive_keys: torch.Tensor, negative_batch_index: torch.Tensor,
+              negative_keys: torch.Tensor, cfg: LossConfig) -> StepResult:
+    """Loss from descriptors with grad: queries (B, E), their keys (B, E), and B·M (query index, key) pairs."""
+    d2_pos = (queries.float() - positive_keys.float()).pow(2).sum(1)  # (B,) float32
+    d2_neg = (queries.float()[negative_batch_index] - negative_keys.float()).pow(2).sum(1)  # (B·M,) float32
+    return StepResult(qk_loss(d2_pos, d2_neg, cfg), d2_pos.detach(), d2_neg.detach())
+
+
+def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadFn, bank: BankShard,
+                 cfg: LossConfig, dist: Dist | None = None, mining_head: HeadFn | None = None) -> StepResult:
+    """The QK Co-learn loss of the global batch against every bank row (see the module docstring).
+
+    queries (b, E): this rank's trained-side descriptors, with grad. positive_rows (b,) int64: the global bank
+    row of each one's positive. head: the frozen side's head (its parameters may require grad: trained too).
+    bank: this rank's shard (`Bank.shard`); the shards of all ranks must tile the bank in rank order.
+    mining_head: a head for the no-grad pass only (e.g. a bf16 copy, with `bank.mining_dtype` bf16): an
+    approximate choice of negatives; the loss and its gradients always use `head` in float32. Default: exact.
+    Returns the global loss, identical on every rank; call `dist.all_reduce_mean_grads` after backward.
+    """
+    dist = dist or Dist(device=bank.device)
+    if queries.ndim != 2 or positive_rows.shape != queries.shape[:1]:
+        raise ValueError(f"expected queries (b, E) and positive_rows (b,), got {tuple(queries.shape)} and "
+                         f"{tuple(positive_rows.shape)}")
+    bounds = dist.all_gather_cat(torch.tensor([[bank.start, bank.stop]], device=dist.device)).cpu()  # (W, 2)
+    if bounds[0, 0] != 0 or not torch.equal(bounds[1:, 0], bounds[:-1, 1]):
+        raise ValueError(f"bank shards must tile the bank in rank order from row 0, got {bounds.tolist()}")
+    queries = dist.all_gather_cat(queries.float(), differentiable=True)  # (B, E) float32
+    positive_rows = dist.all_gather_cat(positive_rows.long().to(queries.device))  # (B,)
+    k = queries.shape[0] * cfg.negatives_per_positive
+    miner = mine_hard_negatives(queries, head if mining_head is None else mining_head, bank.chunks(),
+                                bank.feature_dim, positive_rows, k)
+    found = torch.stack([miner.values.double(), miner.batch_index.double(), miner.rows.double()], 1)  # (≤K, 3)
+    found = dist.all_gather_cat(found)  # (≤W·K, 3) float64: exact for float32 values and ids below 2**53
+    _, neg_batch, neg_rows = smallest_pairs(found[:, 0], found[:, 1].long(), found[:, 2].long(), k)  # (K,) each
+    selected, inverse = torch.unique(torch.cat([positive_rows, neg_rows]), return_inverse=True)  # (S,), (B+K,)
+    own = selected[(selected >= bank.start) & (selected < bank.stop)]  # (S_r,) ascending
+    feat, g256 = bank.split(bank.take(own))  # (S_r, D), (S_r, G) float32
+    keys = dist.all_gather_cat(head(feat, g256).float(), differentiable=True)  # (S, E) in `selected` order
+    if keys.shape[0] != selected.numel():
+        raise ValueError(f"{selected.numel()} selected bank rows but the shards hold {keys.shape[0]} of them: "
+                         f"a positive row lies outside the bank (shards {bounds.tolist()})")
+    batch = queries.shape[0]
+    return pair_loss(queries, keys[inverse[:batch]], neg_batch, keys[inverse[batch:]], cfg)

@@ -1,0 +1,112 @@
+"""Finding copies of new images in an indexed collection: (query, reference, score, is_copy) rows.
+
+The images go through the Q model, the index holds K descriptors of the references, the score is −squared L2
+(higher = more similar, as in the ISC2021 metric), and a pair is called a copy when its score reaches the
+threshold calibrated by `qkcopy eval` (or one given by the user). The index, the threshold and the model
+must come from the same trained run: a mismatch is refused.
+
+Letters: Nq query images, k neighbours per query.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qkcopy.retrieval.calibrate import Threshold
+from qkcopy.retrieval.embed_shards import device_of, image_ids
+from qkcopy.retrieval.embed import embed_paths
+from qkcopy.retrieval.index import ReferenceIndex
+from qkcopy.io import atomic_path, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("query", "reference", "score", "is_copy")
+
+
+@dataclass(frozen=True)
+class Match:
+    query: str
+    reference: str
+    score: float  # −squared L2 between the query's Q descriptor and the reference's K descriptor
+    is_copy: bool | None  # None when no threshold was given
+
+
+@dataclass(frozen=True)
+class CopySearch:
+    matches: list[Match]  # k per query, best first within each query
+    queries: list[str]  # the query ids that were searched
+    skipped: list[str]  # unreadable query images
+    threshold: float | None
+
+    def copies(self) -> list[Match]:
+        return [m for m in self.matches if m.is_copy]
+
+    def summary(self) -> str:
+        lines = [f"{len(self.queries)} images searched ({len(self.skipped)} unreadable skipped), "
+                 f"{len(self.matches)} candidate pairs"]
+        if self.threshold is None:
+            lines.append("no threshold given: pairs are ranked but not labelled (pass --threshold)")
+        else:
+            hit = {m.query for m in self.copies()}
+            lines.append(f"threshold {self.threshold:.4g}: {len(hit)} of {len(self.queries)} images are copies "
+                         f"of an indexed reference ({len(self.copies())} pairs)")
+            best = {}
+            for m in self.copies():
+                best.setdefault(m.query, m)
+            lines += [f"  {m.query} → {m.reference} (score {m.score:.4g})" for m in list(best.values())[:10]]
+            if len(best) > 10:
+                lines.append(f"  … and {len(best) - 10} more")
+        return "\n".join(lines)
+
+
+def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 10,
+                threshold: Threshold | float | None = None, nprobe: int | None = None, batch_size: int = 64,
+                workers: int = 2) -> CopySearch:
+    """Search each image among the index's references; `trained` is a `qkcopy.run.TrainedModels`."""
+    index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
+    if isinstance(threshold, Threshold):
+        if threshold.fingerprint != trained.fingerprint:
+            raise ValueError(f"the threshold was calibrated for model {threshold.fingerprint}, not "
+                             f"{trained.fingerprint}; run `qkcopy eval` with this model")
+        if not threshold.target_met:
+            log.warning("this threshold did not reach precision %.2f on its benchmark (it had %.3f)",
+                        threshold.target_precision, threshold.precision)
+        threshold = threshold.score
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no query images given")
+    image_ids(paths)
+    emb = embed_paths(trained.q, trained.gist256, paths, trained.cfg.model.image_size, batch_size=batch_size,
+                      workers=workers, device=device_of(trained.q), desc="queries")
+    if not emb.ids:
+        raise ValueError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}")
+    sqdist, rows = index.search(emb.vectors, k, nprobe)  # (Nq, k), (Nq, k)
+    matches = []
+    for qid, dists, refs in zip(emb.ids, sqdist.tolist(), rows.tolist()):
+        for d, r in zip(dists, refs):
+            if r < 0:  # IVF with too few probed cells: fewer than k neighbours
+                continue
+            score = -float(d)
+            matches.append(Match(qid, index.ids[r], score, None if threshold is None else score >= threshold))
+    return CopySearch(matches, emb.ids, emb.skipped, threshold)
+
+
+def write_matches(result: CopySearch, path: str | Path) -> Path:
+    """`.csv` (query,reference,score,is_copy) or `.json` (rows plus threshold and skipped files), atomically."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".json"):
+        raise ValueError(f"results file must end in .csv or .json, got {path}")
+    if path.suffix == ".json":
+        return atomic_write_json(path, dict(threshold=result.threshold, queries=result.queries,
+                                            skipped=result.skipped, matches=[asdict(m) for m in result.matches]))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for m in result.matches:
+            w.writerow([m.query, m.reference, repr(m.score), "" if m.is_copy is None else int(m.is_copy)])
+    return path
+

@@ -1,0 +1,156 @@
+"""The training loop on a tiny run: resume equality, frozen BatchNorm, divergence handling, config."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qkcopy.config import load_config, lr_at, phase_steps
+from qkcopy.data.training import PhaseBatches
+from qkcopy.model.descriptor import build_qk_models
+from qkcopy.training.loop import TrainingDiverged, train
+
+TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.descriptor_dim=16",
+        "data.batch_size=4", "data.workers=0", "data.pca_images=24", "schedule.steps_per_phase=3",
+        "schedule.phases=[Q,K]", "schedule.checkpoint_every=100", "device=cpu",
+        "model.head_init=random", "model.feature_norm=false"]  # the paper's start; PCA init tested on its own
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from conftest import draw_images
+    return draw_images(tmp_path_factory.mktemp("train"), 24, size=40, prefix="t")
+
+
+def _weights(run_dir):
+    return load_file(run_dir / "checkpoints" / "latest" / "weights.safetensors")
+
+
+def _losses(run_dir):
+    import json
+    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["qk", "moco", "qk-pca-init"])
+def test_resume_continues_exactly(images, tmp_path, method):
+    extra = ["model.head_init=pca", "model.feature_norm=true"] if method == "qk-pca-init" else []
+    cfg = load_config("cpu", TINY + [f"method={method.split('-')[0]}"] + extra)
+    train(cfg, images, tmp_path / "straight")
+    train(cfg, images, tmp_path / "stopped", stop_after_steps=2)  # inside Q1
+    train(cfg, images, tmp_path / "stopped", resume=True, stop_after_steps=4)  # inside K1, after a bank switch
+    train(cfg, images, tmp_path / "stopped", resume=True)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+    assert _losses(tmp_path / "stopped") == pytest.approx(_losses(tmp_path / "straight"), rel=1e-6)
+    assert len(_losses(tmp_path / "straight")) == 6
+
+
+def test_training_changes_weights_but_not_batchnorm(images, tmp_path):
+    cfg = load_config("cpu", TINY)
+    train(cfg, images, tmp_path / "run")
+    after = _weights(tmp_path / "run")
+    q0, k0 = build_qk_models(cfg.model, cfg.seed)
+    before = {f"q.{k}": v for k, v in q0.state_dict().items()} | {f"k.{k}": v for k, v in k0.state_dict().items()}
+    bn = [k for k in before if ".bn" in k]
+    assert bn and all(torch.equal(after[k], before[k]) for k in bn)  # stats and affine params untouched
+    changed = {k for k in before if not torch.equal(after[k], before[k])}
+    assert any(k.startswith("q.backbone") for k in changed) and any(k.startswith("k.backbone") for k in changed)
+    assert any(k.startswith("q.head") for k in changed) and any(k.startswith("k.head") for k in changed)
+
+
+def test_pca_head_init_starts_both_heads_alike_and_is_saved(images, tmp_path):
+    cfg = load_config("cpu", TINY + ["model.head_init=pca", "model.feature_norm=true", "schedule.phases=[Q]"])
+    train(cfg, images, tmp_path / "run")
+    init = load_file(tmp_path / "run" / "checkpoints" / "init" / "weights.safetensors")
+    q0, _ = build_qk_models(cfg.model, cfg.seed)
+    for name in q0.head.state_dict():
+        assert torch.equal(init[f"q.head.{name}"], init[f"k.head.{name}"]), name
+    assert not torch.equal(init["q.head.ffn.2.weight"], q0.head.state_dict()["ffn.2.weight"])
+    assert not torch.equal(_weights(tmp_path / "run")["q.head.ffn.0.weight"], init["q.head.ffn.0.weight"])
+
+
+def test_full_freeze_leaves_the_frozen_head_alone(images, tmp_path):
+    cfg = load_config("cpu", TINY + ["schedule.phases=[Q]", "schedule.full_freeze=true"])
+    train(cfg, images, tmp_path / "run")
+    after = _weights(tmp_path / "run")
+    _, k0 = build_qk_models(cfg.model, cfg.seed)
+    assert all(torch.equal(after[f"k.{n}"], v) for n, v in k0.state_dict().items())
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(images, tmp_path):
+    cfg = load_config("cpu", TINY + ["optim.lr=1.0e+30", "schedule.checkpoint_every=1"])
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(cfg, images, tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    if latest.exists():  # whatever was saved holds finite weights only
+        assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run").values())
+
+
+def test_new_run_refuses_a_used_directory(images, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(load_config("cpu", TINY), images, tmp_path / "run")
+
+
+def test_config_presets_overrides_and_unknown_keys():
+    cfg = load_config("paper")
+    assert (cfg.loss.tau, cfg.loss.negatives_per_positive, cfg.loss.w_pos, cfg.loss.w_neg) == (0.07, 10, 1.0, 3.0)
+    assert (cfg.optim.lr, cfg.optim.final_lr_fraction, cfg.data.batch_size) == (1e-4, 0.5, 32)
+    assert load_config("cpu", ["loss.tau=0.05"]).loss.tau == 0.05
+    with pytest.raises(ValueError, match="loss.tua"):
+        load_config("cpu", ["loss.tua=0.05"])
+    with pytest.raises(FileNotFoundError, match="presets"):
+        load_config("nope")
+    # YAML 1.1 reads 3e-5 as a string and 1 as an int: float fields get numbers, wrong types a clear error
+    coerced = load_config("cpu", ["optim.lr=3e-5", "loss.tau=1", "data.max_train_images=null"])
+    assert (coerced.optim.lr, coerced.loss.tau, coerced.data.max_train_images) == (3e-5, 1.0, None)
+    assert isinstance(coerced.loss.tau, float)
+    with pytest.raises(ValueError, match="optim.lr must be a number, got 'fast'"):
+        load_config("cpu", ["optim.lr=fast"])
+    with pytest.raises(ValueError, match="schedule.steps_per_phase must be an integer, got 2.5"):
+        load_config("cpu", ["schedule.steps_per_phase=2.5"])
+
+
+def test_cosine_schedule_to_half():
+    cfg = load_config("paper").optim
+    assert lr_at(0, 100, cfg) == pytest.approx(1e-4)
+    assert lr_at(50, 100, cfg) == pytest.approx(0.75e-4)
+    assert lr_at(100, 100, cfg) == pytest.approx(0.5e-4)
+    assert phase_steps(load_config("paper").schedule, n_train=1000, batch_size=32) == math.ceil(1000 / 32)
+
+
+def test_phase_batches_are_a_pure_function_of_the_step():
+    full = list(PhaseBatches(50, 8, 10, run_seed=3, phase=1, queries=True))
+    assert list(PhaseBatches(50, 8, 10, run_seed=3, phase=1, queries=True, start=4)) == full[4:]
+    first_epoch = [i for batch in full[:6] for i, _ in batch]
+    assert len(set(first_epoch)) == 48  # one epoch visits distinct images
+    assert full != list(PhaseBatches(50, 8, 10, run_seed=3, phase=2, queries=True))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_trains_like_one_process(images, tmp_path):
+    """torchrun with gloo, bank sharded over 2 ranks: same losses and weights as one process (float tolerance)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(images[0]).parent
+    overrides = TINY + ["schedule.phases=[Q,K]", "schedule.steps_per_phase=2"]
+    base = ["--train-images", str(folder), "--config", "cpu", *overrides]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "qkcopy", "train", "--out", str(tmp_path / "one"), *base],
+                   check=True, env=env, timeout=600)
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "qkcopy", "train",
+                    "--out", str(tmp_path / "two"), *base], check=True, env=env, timeout=600)
+    import json
+    assert json.loads((tmp_path / "two" / "provenance.json").read_text())["world_size"] == 2
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
