@@ -132,6 +132,11 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def preset_names() -> list[str]:
+    """The presets shipped in configs/ (src/qkcopy/configs/*.yaml): names `load_config` accepts."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
 def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """A preset name (file in configs/) or YAML path, then `key.sub=value` overrides."""
     tree: dict[str, Any] = {}
@@ -140,8 +145,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> 
         if not path.suffix:
             path = PRESET_DIR / f"{preset}.yaml"
         if not path.is_file():
-            names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"config {preset!r} not found (presets: {names}, or give a YAML file)")
+            raise FileNotFoundError(f"config {preset!r} not found (presets: {preset_names()}, or give a YAML file)")
         tree = yaml.safe_load(path.read_text()) or {}
     for item in overrides:
         key, sep, raw = item.partition("=")

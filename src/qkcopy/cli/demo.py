@@ -11,6 +11,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from qkcopy.config import preset_names
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="end-to-end demo: benchmark, baselines, short QK training, report",
@@ -19,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder [runs/demo-<time>]")
     p.add_argument("--quick", action="store_true", help="smaller and shorter (about a quarter of the time)")
     p.add_argument("--seed", type=int, default=0, help="seed of the images, benchmark and training [0]")
-    p.add_argument("--config", default="demo", help="training preset or YAML file [demo]")
+    p.add_argument("--config", default="demo",
+                   help=f"training preset ({', '.join(preset_names())}) or YAML file [demo]")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="training-config overrides (model.image_size=96), or demo sizes (demo.n_train=300)")
     p.set_defaults(func=run)

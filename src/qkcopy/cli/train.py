@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from qkcopy.config import preset_names
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train Q and K models (QK Iteration, or SimCLR/MoCo-style baselines)",
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--benchmark", type=Path, help="benchmark dir: trains on its train/ and evaluates after "
                                                     "every phase")
     src.add_argument("--train-images", type=Path, help="folder of training images (no evaluation)")
-    p.add_argument("--config", default="cpu", help="preset name (cpu, paper) or YAML file [cpu]")
+    p.add_argument("--config", default="cpu", help=f"preset name ({', '.join(preset_names())}) or YAML file [cpu]")
     p.add_argument("--method", choices=("qk", "simclr", "moco"), help="overrides the config's method")
     p.add_argument("--out", type=Path, help="run directory [runs/<method>-<time>]")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
