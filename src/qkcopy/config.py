@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,14 @@ from typing import Any
 
 import yaml
 
-from qkcopy.qk.loss import LossConfig
+from qkcopy.data.augment import STRENGTHS
+from qkcopy.errors import ConfigError, one_line
 from qkcopy.model.descriptor import ModelConfig
+from qkcopy.qk.loss import LossConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 METHODS = ("qk", "simclr", "moco")
+OPTIMIZERS = ("adam", "lars")  # training.optim.make_optimizer
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,7 @@ class TrainConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        bad = [p for p in self.schedule.phases if p not in ("Q", "K")]
-        if bad or not self.schedule.phases:
-            raise ValueError(f"schedule.phases must be a non-empty list of Q and K, got {self.schedule.phases}")
+        validate(self)
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -91,44 +91,130 @@ def to_dict(cfg) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def _kind(allowed: tuple) -> str:
+    names = {bool: "true or false", float: "a number", int: "an integer", str: "text"}
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in allowed if t is not type(None))
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """YAML reads `3e-5` as a string and `1` as an int: numbers for float fields, a clear error otherwise."""
-    allowed = typing.get_args(hint) or (hint,)
-    if float in allowed and not isinstance(value, bool) and isinstance(value, (int, str)):
+    """The value as its field's type, or a ConfigError naming the key. YAML reads `3e-5` as a string and `1`
+    as an int: float fields take both; ints, booleans, text and lists must be given as such."""
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"config key {key} must be a list such as [Q, K], got {value!r}", key)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"config key {key} must be {_kind(allowed)}, got null", key)
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+    elif float in allowed and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"config key {key} must be a number, got {value!r}") from None
-    if int in allowed and float not in allowed and not isinstance(value, int) and value is not None:
-        raise ValueError(f"config key {key} must be an integer, got {value!r}")
-    return value
+            raise ConfigError(f"config key {key} must be a number, got {value!r}", key) from None
+    elif int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif str in allowed and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key {key} must be {_kind(allowed)}, got {value!r}", key)
 
 
 def _build(cls, values: dict[str, Any], where: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(str(k) for k in set(values) - names)
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known: {sorted(names)}",
+                          where + unknown[0])
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {where}{name} must be a mapping, got {value!r}")
+                raise ConfigError(f"config key {where}{name} must be a mapping, got {value!r}", where + name)
             value = _build(hint, value, f"{where}{name}.")
-        elif isinstance(value, list):
-            value = tuple(value)
         else:
             value = _coerce(value, hint, where + name)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a section's own check (ModelConfig …)
+        raise ConfigError(f"config section {where.rstrip('.') or 'top level'}: {err}", where.rstrip(".")) from None
+
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key} must be {rule}, got {value!r}", key)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range-check every value before any work starts; a ConfigError names the first bad key."""
+    d, loss, o, s, m, b = cfg.data, cfg.loss, cfg.optim, cfg.schedule, cfg.model, cfg.baseline
+    _check(cfg.method in METHODS, "method", f"one of {list(METHODS)}", cfg.method)
+    _check(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
+    _check(cfg.bank_chunk_rows >= 0, "bank_chunk_rows", ">= 0 (0: from free memory)", cfg.bank_chunk_rows)
+    _check(_finite(m.head_scale) and m.head_scale > 0, "model.head_scale", "a finite number > 0", m.head_scale)
+    _check(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
+    _check(d.workers >= 0, "data.workers", ">= 0", d.workers)
+    _check(d.strength in STRENGTHS, "data.strength", f"one of {list(STRENGTHS)}", d.strength)
+    _check(d.max_train_images is None or d.max_train_images >= 1, "data.max_train_images", ">= 1 or null",
+           d.max_train_images)
+    _check(d.pca_images >= m.descriptor_dim, "data.pca_images",
+           f">= model.descriptor_dim ({m.descriptor_dim}): the GIST PCA needs that many training images",
+           d.pca_images)
+    _check(_finite(loss.tau) and loss.tau > 0, "loss.tau", "a finite number > 0", loss.tau)
+    _check(loss.negatives_per_positive >= 1, "loss.negatives_per_positive", ">= 1", loss.negatives_per_positive)
+    for key, w in (("loss.w_pos", loss.w_pos), ("loss.w_neg", loss.w_neg)):
+        _check(_finite(w) and w >= 0, key, "a finite number >= 0", w)
+    _check(loss.w_pos + loss.w_neg > 0, "loss.w_neg", "> 0 when loss.w_pos is 0", loss.w_neg)
+    _check(o.name in OPTIMIZERS, "optim.name", f"one of {list(OPTIMIZERS)}", o.name)
+    _check(_finite(o.lr) and o.lr > 0, "optim.lr", "a finite number > 0", o.lr)
+    _check(_finite(o.final_lr_fraction) and 0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction",
+           "in [0, 1]", o.final_lr_fraction)
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", "a finite number >= 0",
+           o.weight_decay)
+    _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
+    _check(bool(s.phases) and all(p in ("Q", "K") for p in s.phases), "schedule.phases",
+           "a non-empty list of Q and K", list(s.phases))
+    _check(_finite(s.epochs_per_phase) and s.epochs_per_phase > 0, "schedule.epochs_per_phase", "a finite number > 0",
+           s.epochs_per_phase)
+    _check(s.steps_per_phase is None or s.steps_per_phase >= 1, "schedule.steps_per_phase", ">= 1 or null",
+           s.steps_per_phase)
+    _check(s.checkpoint_every >= 1, "schedule.checkpoint_every", ">= 1", s.checkpoint_every)
+    _check(_finite(b.moco_momentum) and 0 <= b.moco_momentum <= 1, "baseline.moco_momentum", "in [0, 1]",
+           b.moco_momentum)
+    _check(b.moco_queue >= 1, "baseline.moco_queue", ">= 1", b.moco_queue)
+    return cfg
+
+
+def differing_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs, e.g. ["loss.tau", "optim.lr"]."""
+    def flat(tree: dict, where: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{where}{key}.") if isinstance(value, dict) else {where + key: value})
+        return out
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for i, key in enumerate(parents):
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            where = ".".join(parents[:i + 1])
+            raise ConfigError(f"override {dotted}: config key {where} is a value, not a section", where)
     tree[leaf] = value
 
 
@@ -146,13 +232,38 @@ def load_config(preset: str | Path | None = None, overrides: list[str] = ()) -> 
             path = PRESET_DIR / f"{preset}.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"config {preset!r} not found (presets: {preset_names()}, or give a YAML file)")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _read_yaml(path)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value")
-        _set(tree, key.strip(), yaml.safe_load(raw))
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value", item)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_reason(err)})", key) from None
+        _set(tree, key.strip(), value)
     return _build(TrainConfig, tree, "")
+
+
+def _yaml_reason(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return one_line(err)
+    return f"{getattr(err, 'problem', None) or 'YAML error'} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping, or a ConfigError naming the file (and the line, for a YAML error)."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: damaged config file ({_yaml_reason(err)}); restore it or give another config",
+                          path) from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, got {type(tree).__name__}", path)
+    return tree
 
 
 def phase_steps(schedule: ScheduleConfig, n_train: int, batch_size: int) -> int:

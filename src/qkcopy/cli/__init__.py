@@ -1,7 +1,9 @@
 """The `qkcopy` console script: one subcommand per module in this package.
 
 Each subcommand module defines `register(subparsers)`, which adds its parser and sets `func` to a thin
-wrapper over a typed library function.
+wrapper over a typed library function. `main` is the one error boundary: any error a user can cause ends in
+one line, `qkcopy <command>: error: …`, and a non-zero exit (2; 1 for an internal error, 130 for Ctrl-C);
+`--debug` (or `-v`) also prints the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
+
+from qkcopy.errors import one_line
 
 # One entry per subcommand module in qkcopy.cli; add yours here.
 COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo')
@@ -24,10 +29,15 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkcopy", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"qkcopy.cli.{name}").register(sub)
+    for command in sub.choices.values():  # `qkcopy search … --debug` works too
+        if "--debug" not in command._option_string_actions:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="print the traceback of an error")
     return parser
 
 
@@ -38,8 +48,22 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    debug = args.debug or args.verbose
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"qkcopy {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _fail(args.command, "interrupted", debug)
+        return 130
+    except (ValueError, OSError) as err:  # every qkcopy.errors.QkcopyError, bad values, missing files
+        _fail(args.command, one_line(err), debug)
         return 2
+    except Exception as err:  # a bug, not the user's mistake: still one line, the traceback on request
+        _fail(args.command, f"internal error ({type(err).__name__}: {one_line(err)}); rerun with --debug for "
+                            "the traceback and report it", debug)
+        return 1
+
+
+def _fail(command: str, message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"qkcopy {command}: error: {message}", file=sys.stderr)
