@@ -14,6 +14,7 @@ from pathlib import Path
 from qkcopy import checkpoint as ckpt
 from qkcopy.config import TrainConfig, load_config
 from qkcopy.device import resolve_device
+from qkcopy.errors import CheckpointError
 from qkcopy.model.descriptor import DescriptorModel, build_qk_models, param_fingerprint
 from qkcopy.model.gist256 import Gist256
 from qkcopy.model.pca import PCA
@@ -44,7 +45,11 @@ def load_trained(path: str | Path, device: str = "cpu") -> TrainedModels:
     if not (run_dir / "config.yaml").exists() or not (run_dir / "gist_pca.safetensors").exists():
         raise FileNotFoundError(f"{path} is not a qkcopy run directory or checkpoint (expected config.yaml "
                                 "and gist_pca.safetensors in the run directory)")
-    cfg = load_config(run_dir / "config.yaml")
+    checkpoint = ckpt.readable(checkpoint)  # a trainer killed inside its checkpoint swap: the previous one
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing): train it further, or "
+                              "give a checkpoint folder such as RUN/checkpoints/Q1", checkpoint)
+    cfg = load_config(run_dir / "config.yaml")  # a damaged file: a ConfigError naming it
     quiet = logging.getLogger("qkcopy.model.backbone")
     level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # no "random weights" warning: they are loaded next
     try:

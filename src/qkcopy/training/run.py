@@ -5,6 +5,10 @@ Layout of a run directory:
     gist_pca.safetensors  PCA fitted on training images only
     train_log.jsonl    one JSON line per step       evaluations.jsonl  metrics after each segment
     banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
+
+A directory that holds only these files but no checkpoints/latest (a start that failed or was killed before
+its first checkpoint) is started over, with or without --resume: it never blocks a retry. A failed start in a
+new directory removes what it wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +24,9 @@ import torch
 import yaml
 
 from qkcopy import checkpoint as ckpt
-from qkcopy.config import TrainConfig, load_config, phase_steps, to_dict
+from qkcopy.config import TrainConfig, differing_keys, load_config, phase_steps, to_dict
 from qkcopy.data.images import valid_images
+from qkcopy.errors import ConfigError, DataError, NothingToResume, RunDirError, RunDirExists
 from qkcopy.device import autocast
 from qkcopy.distributed import Dist, init
 from qkcopy.io import atomic_write, atomic_write_json, files_fingerprint, git_commit
@@ -34,6 +40,76 @@ from qkcopy.retrieval.metrics import evaluate
 from qkcopy.training.methods import KeyQueue, Method, get_method
 
 log = logging.getLogger(__name__)
+
+RUN_ENTRIES = frozenset({"config.yaml", "provenance.json", "gist_pca.safetensors", "train_log.jsonl",
+                         "evaluations.jsonl", "banks", "checkpoints", "tensorboard"})  # what a run writes
+
+
+def _unstarted_run(run_dir: Path) -> bool:
+    """A run's own files and nothing else, but no checkpoint to resume: a start that failed or was killed."""
+    if not run_dir.is_dir() or (run_dir / "checkpoints" / "latest").exists():
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    return bool(names) and names <= RUN_ENTRIES and bool(names & {"config.yaml", "provenance.json"})
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove what a run wrote in `run_dir` (only its own entries)."""
+    for name in RUN_ENTRIES:
+        entry = run_dir / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+
+
+def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
+    """Check `run_dir` can be used as asked (rank 0); True when this is a fresh start in it."""
+    latest = run_dir / "checkpoints" / "latest"
+    ckpt.recover(latest)  # a kill inside the checkpoint swap: the previous checkpoint back
+    if _unstarted_run(run_dir):
+        log.warning("%s holds a run that never reached its first checkpoint: starting it over", run_dir)
+        _clear_run(run_dir)
+        return True
+    if resume:
+        if not latest.exists():
+            raise NothingToResume(f"nothing to resume in {run_dir} (no checkpoints/latest); start the run "
+                                  "without --resume", run_dir)
+        saved = load_config(run_dir / "config.yaml")
+        keys = differing_keys(saved, cfg)
+        if keys:
+            old, new = to_dict(saved), to_dict(cfg)
+            shown = "; ".join(f"{k}: {_get(old, k)!r} in the run, {_get(new, k)!r} given" for k in keys[:5])
+            raise ConfigError(f"--resume with a config that differs from {run_dir / 'config.yaml'} in "
+                              f"{', '.join(keys)} ({shown}); resume with the same settings, or start a new run "
+                              "with another --out", keys[0])
+        return False
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirExists(f"run directory {run_dir} is not empty; pass --resume to continue it or choose a new "
+                           "--out", run_dir)
+    return True
+
+
+def _get(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _trim_jsonl(path: Path, keep) -> None:
+    """Rewrite a JSON-lines log keeping the rows `keep(row)` accepts; a torn last line (a kill) is dropped."""
+    if not path.is_file():
+        return
+    rows, lines = [], path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise RunDirError(f"{path}:{i + 1} is not a JSON line; repair or remove the file", path) from None
+    kept = [r for r in rows if keep(r)]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 @dataclasses.dataclass
@@ -61,26 +137,36 @@ class Run:
         dist = init(cfg.device)  # torchrun: joins the process group; a plain process: rank 0 of 1
         method = get_method(cfg.method)
         if dist.world > 1 and not method.sharded:
-            raise ValueError(f"method {cfg.method} runs in one process only; torchrun shards the QK bank")
-        if run_dir.exists() and any(run_dir.iterdir()) and not resume and dist.is_main:
-            raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume to continue it "
-                                  "or choose a new --out")
-        if resume and not (run_dir / "checkpoints" / "latest").exists():
-            raise FileNotFoundError(f"nothing to resume in {run_dir} (no checkpoints/latest)")
+            raise ConfigError(f"method {cfg.method} runs in one process only; torchrun shards the QK bank",
+                              "method")
+        existed = run_dir.exists()
+        fresh = _prepare_dir(run_dir, cfg, resume) if dist.is_main else False
         dist.barrier()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            saved = load_config(run_dir / "config.yaml")
-            if to_dict(saved) != to_dict(cfg):
-                raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}; "
-                                 "resume with the same settings")
+        try:  # every rank sees the checkpoint rank 0 kept (resume) or cleared (a fresh start)
+            return cls._build(cfg, train_paths, run_dir, dist, method,
+                              resume=(run_dir / "checkpoints" / "latest").exists())
+        except BaseException:
+            if fresh and dist.is_main and run_dir.is_dir():  # a failed start leaves nothing behind
+                _clear_run(run_dir)
+                if not existed and not any(run_dir.iterdir()):
+                    run_dir.rmdir()
+            raise
+
+    @classmethod
+    def _build(cls, cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, dist: Dist, method: Method,
+               resume: bool) -> Run:
         all_paths = valid_images(sorted(Path(p) for p in train_paths))
         paths = all_paths[:cfg.data.max_train_images]  # slice end None: all
         if len(paths) < cfg.data.batch_size:
-            raise ValueError(f"{len(paths)} readable training images; need at least one batch "
-                             f"({cfg.data.batch_size})")
-        data_hash = files_fingerprint(paths)
+            raise DataError(f"{len(paths)} readable training images; need at least one batch "
+                            f"(data.batch_size = {cfg.data.batch_size}): add training images")
         pca_path = run_dir / "gist_pca.safetensors"
+        if not pca_path.exists() and len(all_paths) < cfg.model.descriptor_dim:
+            raise DataError(f"the GIST PCA to {cfg.model.descriptor_dim} dims needs at least "
+                            f"{cfg.model.descriptor_dim} training images, got {len(all_paths)} readable ones: "
+                            "add training images")
+        data_hash = files_fingerprint(paths)
+        run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main:
             atomic_write(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             atomic_write_json(run_dir / "provenance.json", dict(
@@ -99,6 +185,10 @@ class Run:
             ckpt.load_weights(run.latest, {"q": run.q, "k": run.k})
             if run.queue is not None:
                 run.queue.keys = ckpt.load_extra(run.latest)["moco_queue"].to(device)
+            if dist.is_main:  # steps after the checkpoint were logged by the killed process: they run again
+                done = run.global_step(*run.resume_point())
+                _trim_jsonl(run_dir / "train_log.jsonl", lambda row: row.get("global_step", 0) < done)
+                _trim_jsonl(run_dir / "evaluations.jsonl", lambda row: True)
         if cfg.tensorboard and dist.is_main:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
             run.tensorboard = SummaryWriter(run_dir / "tensorboard")
@@ -142,11 +232,15 @@ class Run:
         if not self.latest.exists():
             return 0, 0
         state = ckpt.read_state(self.latest)
+        if not all(isinstance(state.get(k), int) for k in ("phase", "next_step")) or "phase_done" not in state:
+            raise ckpt.CheckpointError(f"{self.latest / 'state.json'} lacks phase, next_step or phase_done: not a "
+                                       "training checkpoint, cannot resume from it", self.latest)
         if state["phase_done"]:
             return state["phase"] + 1, 0
         return state["phase"], state["next_step"]
 
     def read_evaluations(self) -> list[dict]:
+        """The evaluation rows written so far (a torn last line was dropped when the run was opened)."""
         path = self.dir / "evaluations.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
