@@ -20,12 +20,48 @@ import yaml
 
 from qkcopy.data.augment import STRENGTHS
 from qkcopy.errors import ConfigError, one_line
-from qkcopy.model.descriptor import ModelConfig
-from qkcopy.qk.loss import LossConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 METHODS = ("qk", "simclr", "moco")
 OPTIMIZERS = ("adam", "lars")  # training.optim.make_optimizer
+
+
+VARIANTS = ("paper", "competition")  # model.variant: the paper's head, or with the refine FFN
+HEAD_INITS = ("random", "pca")  # model.head_init: see qkcopy.model.descriptor
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"  # "imagenet", a state-dict path, or None for random init
+    image_size: int = 224
+    hidden: int = 1024
+    descriptor_dim: int = 256
+    head_scale: float = 0.01
+    variant: str = "paper"
+    feature_norm: bool = False  # L2-normalise the backbone feature at the head's input
+    head_init: str = "random"  # "random" (the paper) or "pca" (see the module doc)
+    head_init_weight: float = 3.0  # "pca": RMS norm of the backbone part / RMS norm of gist256
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model variant {self.variant!r} is not one of {VARIANTS}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"model head_init {self.head_init!r} is not one of {HEAD_INITS}")
+        if self.head_init == "pca" and (self.hidden < 2 * self.descriptor_dim or self.head_init_weight <= 0):
+            raise ValueError(f"head_init pca needs hidden >= 2 x descriptor_dim ({2 * self.descriptor_dim}) and "
+                             f"head_init_weight > 0, got hidden {self.hidden}, weight {self.head_init_weight}")
+        for name in ("image_size", "hidden", "descriptor_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    tau: float = 0.07
+    negatives_per_positive: int = 10  # M
+    w_pos: float = 1.0
+    w_neg: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     amp: bool = True  # bf16 autocast on GPU; CPU runs in float32
     bank_chunk_rows: int = 0  # 0: from free memory (distributed.auto_chunk_rows)
+    mining: str = "full"  # QK hard negatives: "full" (head over every bank row) or "bounded" (exact, qk.mining)
     tensorboard: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +200,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(cfg.method in METHODS, "method", f"one of {list(METHODS)}", cfg.method)
     _check(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
     _check(cfg.bank_chunk_rows >= 0, "bank_chunk_rows", ">= 0 (0: from free memory)", cfg.bank_chunk_rows)
+    _check(cfg.mining in ("full", "bounded"), "mining", "full or bounded", cfg.mining)
     _check(_finite(m.head_scale) and m.head_scale > 0, "model.head_scale", "a finite number > 0", m.head_scale)
     _check(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
     _check(d.workers >= 0, "data.workers", ">= 0", d.workers)

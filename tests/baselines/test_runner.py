@@ -12,7 +12,7 @@ from qkcopy.retrieval.descriptors import read_isc_h5
 from qkcopy.data.images import SkipLog
 from qkcopy.retrieval.metrics import evaluate
 from qkcopy.model.pca import PCA
-from qkcopy.report.plots import plot_pr_curves
+from qkcopy.retrieval.plots import plot_pr_curves
 from qkcopy.retrieval.knn import search_predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 

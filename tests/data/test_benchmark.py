@@ -9,7 +9,7 @@ from photo_pool import make_photos
 from qkcopy.data.augment import Edit, apply_recipe
 from qkcopy.data.benchmark import Benchmark, load_benchmark
 from qkcopy.data.images import load_image
-from qkcopy.retrieval.metrics import GroundTruth
+from qkcopy.data.isc_csv import GroundTruth
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 
 OPTIONS = BenchmarkOptions(n_references=10, n_queries=10, matched_fraction=0.5, n_train=None, seed=7,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qkcopy.retrieval.metrics import GroundTruth, Predictions
+from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.report.report import (BLUE, BORDER, GREEN, GREY, RED, SHEET_COLUMNS, cell_origin, format_table, loss_curves,
                            pick_examples, read_train_log, retrieval_sheet, write_report)
 

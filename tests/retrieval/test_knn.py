@@ -2,7 +2,9 @@ import faiss
 import numpy as np
 import pytest
 
-from qkcopy.retrieval.metrics import GroundTruth, evaluate
+from qkcopy.data.isc_csv import GroundTruth
+
+from qkcopy.retrieval.metrics import evaluate
 from qkcopy.retrieval.knn import capped_search, knn_search, predictions_from_knn, search_predictions
 
 

@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from qkcopy.retrieval.metrics import GroundTruth, Predictions, evaluate, precision_recall_at_threshold
+from qkcopy.data.isc_csv import GroundTruth, Predictions
+
+from qkcopy.retrieval.metrics import evaluate, precision_recall_at_threshold
 
 
 def preds(*rows) -> Predictions:

@@ -17,7 +17,8 @@ import traceback
 from qkcopy.errors import one_line
 
 # One entry per subcommand module in qkcopy.cli; add yours here.
-COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo')
+COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo',
+                             'collection', 'serve', 'match', 'dedup')
 
 
 def add_embedding_options(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--m", type=int, help="IVF-PQ sub-quantisers, dividing the descriptor dim [32]")
     p.add_argument("--nprobe", type=int, help="IVF cells searched by default at search time [min(nlist, 16)]")
     p.add_argument("--add", action="store_true", help="append these references to the existing index in --out")
+    p.add_argument("--allow-missing-meta", action="store_true",
+                   help="accept --descriptors without their .meta.json (you vouch that --model's K side made them)")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     trained = load_trained(args.model, args.device)
     index = index_collection(trained, args.out, references=args.references, descriptors=args.descriptors,
                              kind=args.type, nlist=args.nlist, m=args.m, nprobe=args.nprobe, add=args.add,
-                             batch_size=args.batch, workers=args.workers)
+                             batch_size=args.batch, workers=args.workers,
+                             allow_missing_meta=args.allow_missing_meta)
     print(f"{index.kind} index of {len(index)} references ({index.dim}-d, model {index.fingerprint}) in {args.out}")
     return 0

@@ -27,18 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkcopy.retrieval.calibrate import load_threshold
-    from qkcopy.retrieval.search import find_copies, write_matches
+    from qkcopy.retrieval.search import check_results_path, find_copies, write_matches
     from qkcopy.data.images import scan_images
     from qkcopy.retrieval.index import ReferenceIndex
     from qkcopy.model.trained import load_trained
 
-    sources = ([args.images] if args.images else []) + list(args.files)
-    if not sources:
+    check_results_path(args.out)  # before anything is embedded
+    # a value or file that cannot label pairs is refused now (find_copies checks its model)
+    threshold = load_threshold(args.threshold) if args.threshold else None
+    if args.images is None and not args.files:
         raise ValueError("give query images: --images DIR or image files")
-    paths = [q for p in sources for q in (scan_images(p) if p.is_dir() else [p])]
+    paths = scan_images(args.images) if args.images is not None else []  # a missing folder: "does not exist"
+    for p in args.files:
+        if not p.exists():
+            raise FileNotFoundError(f"query image {p} not found")
+        paths += scan_images(p) if p.is_dir() else [p]
     trained = load_trained(args.model, args.device)
     index = ReferenceIndex.load(args.index)
-    threshold = load_threshold(args.threshold, trained.fingerprint) if args.threshold else None
     result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
                          batch_size=args.batch, workers=args.workers)
     write_matches(result, args.out)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkcopy.data.images import scan_images
-from qkcopy.retrieval.metrics import GroundTruth
+from qkcopy.data.isc_csv import GroundTruth
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ Letters: B batch (items in a collated batch).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from qkcopy.errors import DataError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -28,13 +31,16 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 WHITE = (255, 255, 255)
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """An image file that cannot be used; `path` is the file, `reason` says why."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {reason}", self.path)
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return type(self), (self.path, self.reason)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -92,20 +98,61 @@ def load_image(path: str | Path, *, max_pixels: int = 100_000_000) -> Image.Imag
 
 
 def scan_images(folder: str | Path) -> list[Path]:
-    """All image files under `folder` (recursive, by extension, hidden files skipped), sorted by path."""
+    """All image files under `folder` (recursive, by extension, symlinks followed), sorted by path.
+
+    What is left out is counted and named in one warning: hidden files and folders, dangling symlinks,
+    folders named like images (their contents are still scanned), symlink loops, special files; files with
+    other extensions are counted.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder; expected a folder of images")
-    paths = [
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
+    paths, left_out, others, seen = [], [], 0, set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        here = Path(root)
+        real = os.path.realpath(here)
+        if real in seen:
+            left_out.append((here, "symlink loop, not followed"))
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for d in list(dirs):
+            if d.startswith("."):
+                left_out.append((here / d, "hidden folder"))
+                dirs.remove(d)
+            elif Path(d).suffix.lower() in IMAGE_EXTENSIONS:
+                left_out.append((here / d, "a folder, not an image (its contents are scanned)"))
+        for name in files:
+            path = here / name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                others += 1
+            elif name.startswith("."):
+                left_out.append((path, "hidden file"))
+            elif not path.exists():
+                left_out.append((path, "dangling symlink"))
+            elif not path.is_file():
+                left_out.append((path, "not a regular file"))
+            else:
+                paths.append(path)
+    _report_left_out(folder, left_out, others)
     if not paths:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}"
+                         + (f"; left out {len(left_out)} entries, e.g. {left_out[0][0]} ({left_out[0][1]})"
+                            if left_out else ""))
     return sorted(paths, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _report_left_out(folder: Path, left_out: list[tuple[Path, str]], others: int, show: int = 20) -> None:
+    if others:
+        log.info("%s: %d files without an image extension ignored", folder, others)
+    if not left_out:
+        return
+    lines = [f"  {p} ({reason})" for p, reason in sorted(left_out)[:show]]
+    if len(left_out) > show:
+        lines.append(f"  ... and {len(left_out) - show} more")
+    log.warning("%s: left out %d entries that are not image files:\n%s", folder, len(left_out), "\n".join(lines))
 
 
 class SkipLog:
@@ -213,3 +260,28 @@ def valid_images(paths: Sequence[Path], what: str = "training images") -> list[P
             skips.add(err)
     skips.report(log, what)
     return kept
+
+
+def decode_image(data: bytes, name: str = "<upload>", *, max_pixels: int = 100_000_000,
+                 formats: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})) -> Image.Image:
+    """`load_image` for bytes (an upload): the same guards, and the format sniffed from the content, not a
+    name; raises `ImageError` naming `name` and the reason."""
+    import io
+    import tempfile
+
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            kind = probe.format
+    except Exception as err:
+        raise ImageError(name, "not an image PIL can identify") from err
+    if kind not in formats:
+        raise ImageError(name, f"image format {kind} is not accepted (accepted: {', '.join(sorted(formats))})")
+    with tempfile.NamedTemporaryFile(suffix=".img") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            return load_image(tmp.name, max_pixels=max_pixels)
+        except ImageError as err:
+            raise ImageError(name, err.reason) from err

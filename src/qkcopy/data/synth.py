@@ -40,7 +40,7 @@ import qkcopy
 from qkcopy.data.augment import STRENGTHS, apply_recipe, derive_seed, sample_recipe
 from qkcopy.data.benchmark import GROUND_TRUTH, MANIFEST, Benchmark, load_benchmark
 from qkcopy.data.images import ImageError, SkipLog, load_image, scan_images
-from qkcopy.retrieval.metrics import GroundTruth
+from qkcopy.data.isc_csv import GroundTruth
 from qkcopy.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -28,46 +28,18 @@ import copy
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from qkcopy.config import VARIANTS, ModelConfig
 from qkcopy.model.backbone import create_backbone, feature_dim, input_normalization
 from qkcopy.model.pca import PCA
 from qkcopy.seeds import part_seed
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("paper", "competition")
-HEAD_INITS = ("random", "pca")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "imagenet"  # "imagenet", a state-dict path, or None for random init
-    image_size: int = 224
-    hidden: int = 1024
-    descriptor_dim: int = 256
-    head_scale: float = 0.01
-    variant: str = "paper"
-    feature_norm: bool = False  # L2-normalise the backbone feature at the head's input
-    head_init: str = "random"  # "random" (the paper) or "pca" (see the module doc)
-    head_init_weight: float = 3.0  # "pca": RMS norm of the backbone part / RMS norm of gist256
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"model variant {self.variant!r} is not one of {VARIANTS}")
-        if self.head_init not in HEAD_INITS:
-            raise ValueError(f"model head_init {self.head_init!r} is not one of {HEAD_INITS}")
-        if self.head_init == "pca" and (self.hidden < 2 * self.descriptor_dim or self.head_init_weight <= 0):
-            raise ValueError(f"head_init pca needs hidden >= 2 x descriptor_dim ({2 * self.descriptor_dim}) and "
-                             f"head_init_weight > 0, got hidden {self.hidden}, weight {self.head_init_weight}")
-        for field in ("image_size", "hidden", "descriptor_dim"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"model {field} must be positive, got {getattr(self, field)}")
 
 
 def _ffn(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

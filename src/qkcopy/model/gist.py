@@ -27,33 +27,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from qkcopy.data.images import load_image
+from qkcopy.data.training import GIST_SIZE, gist_input
 
 logger = logging.getLogger(__name__)
 
 GIST_DIM = 960  # 3 channels · (8 + 8 + 4) filters · 4 · 4 blocks
-GIST_SIZE = 32  # ISC2021 baseline image side
 PAD = 5  # lear_gist's mirror padding for the prefilter
 MIN_SIZE = 8  # lear_gist refuses smaller images
 _CPU_CHUNK_BYTES = 1 << 24  # CPU forward runs in chunks with ~16 MB of filter responses (13 images at S = 32)
-
-
-def gist_input(img: Image.Image, size: int = GIST_SIZE) -> torch.Tensor:
-    """PIL image -> (3, size, size) float32 in 0..255: bilinear resize (short side = size), centre crop.
-
-    Long side int(size · long / short) and crop offset round((side − size) / 2), as torchvision's
-    Resize(size) + CenterCrop(size) on a PIL image, which is how the ISC2021 GIST inputs were made.
-    """
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, S, S)
 
 
 def _centred_frequencies(n: int) -> tuple[np.ndarray, np.ndarray]:

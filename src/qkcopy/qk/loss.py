@@ -15,16 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from qkcopy.config import LossConfig
+
 # d²/τ below this is clamped in L_neg so that −log(1 − P) stays finite (P → 1 when a negative coincides).
 MIN_SCALED_DISTANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    tau: float = 0.07
-    negatives_per_positive: int = 10  # M
-    w_pos: float = 1.0
-    w_neg: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +85,20 @@ class HardNegativeMiner:
         if inside.any():
             d2 = d2.clone()
             d2[inside.nonzero().squeeze(1), local[inside]] = float("inf")
+        self._merge(d2, None, row_offset)
+
+    def update_rows(self, d2: torch.Tensor, rows: torch.Tensor) -> None:
+        """Add distances d2 (B, C) float32 whose columns are the bank rows `rows` (C,) int64, ascending."""
+        if d2.ndim != 2 or rows.shape != d2.shape[1:]:
+            raise ValueError(f"expected d2 (B, C) and rows (C,), got {tuple(d2.shape)} and {tuple(rows.shape)}")
+        if d2.shape[0] != self.positive_rows.numel():
+            raise ValueError(f"chunk has {d2.shape[0]} batch rows, expected {self.positive_rows.numel()}")
+        d2 = d2.masked_fill(rows[None, :] == self.positive_rows[:, None], float("inf"))  # (B, C)
+        self._merge(d2, rows, 0)
+
+    def _merge(self, d2: torch.Tensor, rows_of_column: torch.Tensor | None, row_offset: int) -> None:
+        """Keep the K smallest of the kept pairs and d2 (B, C) (positives already inf)."""
+        c_count = d2.shape[1]
         flat = d2.reshape(-1)  # (B·C,)
         values, flat_index = torch.topk(flat, min(self.k, flat.numel()), largest=False, sorted=False)
         if values.numel():  # ties at the k-th value: keep the lowest flat indices (batch, then row)
@@ -102,8 +110,9 @@ class HardNegativeMiner:
         keep = torch.isfinite(values)
         values, flat_index = values[keep], flat_index[keep]
         values = torch.cat([self.values, values])
+        columns = flat_index % c_count
         batch_index = torch.cat([self.batch_index, flat_index // c_count])
-        rows = torch.cat([self.rows, flat_index % c_count + row_offset])
+        rows = torch.cat([self.rows, columns + row_offset if rows_of_column is None else rows_of_column[columns]])
         self.values, self.batch_index, self.rows = smallest_pairs(values, batch_index, rows, self.k)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

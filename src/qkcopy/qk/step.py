@@ -23,13 +23,14 @@ whole bank while memory never holds N × hidden activations.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from qkcopy.distributed import Dist
 from qkcopy.qk.bank import BankShard
 from qkcopy.qk.loss import HardNegativeMiner, LossConfig, LossParts, qk_loss, smallest_pairs, squared_distances
+from qkcopy.qk.mining import BoundedMiner
 
 # (features (C, D), gist256 (C, G)) -> descriptors (C, E): the frozen side's head.
 HeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,6 +41,7 @@ class StepResult:
     loss: LossParts
     d2_pos: torch.Tensor  # (B,) float32, detached
     d2_neg: torch.Tensor  # (B·M,) float32, detached, ascending
+    negatives: torch.Tensor | None = None  # (B·M, 2) int64 (batch index, bank row) of the chosen pairs, in order
 
 
 def mine_hard_negatives(queries: torch.Tensor, head: HeadFn, chunks: Iterable[tuple[int, torch.Tensor]],
@@ -65,7 +67,8 @@ def pair_loss(queries: torch.Tensor, positive_keys: torch.Tensor, negative_batch
 
 
 def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadFn, bank: BankShard,
-                 cfg: LossConfig, dist: Dist | None = None, mining_head: HeadFn | None = None) -> StepResult:
+                 cfg: LossConfig, dist: Dist | None = None, mining_head: HeadFn | None = None,
+                 miner: BoundedMiner | None = None) -> StepResult:
     """The QK Co-learn loss of the global batch against every bank row (see the module docstring).
 
     queries (b, E): this rank's trained-side descriptors, with grad. positive_rows (b,) int64: the global bank
@@ -73,6 +76,8 @@ def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadF
     bank: this rank's shard (`Bank.shard`); the shards of all ranks must tile the bank in rank order.
     mining_head: a head for the no-grad pass only (e.g. a bf16 copy, with `bank.mining_dtype` bf16): an
     approximate choice of negatives; the loss and its gradients always use `head` in float32. Default: exact.
+    miner: a `qk.mining.BoundedMiner` of this shard (one per phase, kept across steps): the same negatives as
+    the full pass, evaluating the head on the rows that its bounds cannot rule out (`head` must be a `Head`).
     Returns the global loss, identical on every rank; call `dist.all_reduce_mean_grads` after backward.
     """
     dist = dist or Dist(device=bank.device)
@@ -85,9 +90,16 @@ def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadF
     queries = dist.all_gather_cat(queries.float(), differentiable=True)  # (B, E) float32
     positive_rows = dist.all_gather_cat(positive_rows.long().to(queries.device))  # (B,)
     k = queries.shape[0] * cfg.negatives_per_positive
-    miner = mine_hard_negatives(queries, head if mining_head is None else mining_head, bank.chunks(),
-                                bank.feature_dim, positive_rows, k)
-    found = torch.stack([miner.values.double(), miner.batch_index.double(), miner.rows.double()], 1)  # (≤K, 3)
+    if miner is not None and mining_head is not None:
+        raise ValueError("pass either a mining_head (approximate) or a bounded miner (exact), not both")
+    if miner is not None and miner.shard is not bank:
+        raise ValueError("the bounded miner was built for another bank shard; keep one per phase")
+    if miner is not None:
+        found_by = miner.mine(queries, head, positive_rows, k, dist)
+    else:
+        found_by = mine_hard_negatives(queries, head if mining_head is None else mining_head, bank.chunks(),
+                                       bank.feature_dim, positive_rows, k)
+    found = torch.stack([found_by.values.double(), found_by.batch_index.double(), found_by.rows.double()], 1)
     found = dist.all_gather_cat(found)  # (≤W·K, 3) float64: exact for float32 values and ids below 2**53
     _, neg_batch, neg_rows = smallest_pairs(found[:, 0], found[:, 1].long(), found[:, 2].long(), k)  # (K,) each
     selected, inverse = torch.unique(torch.cat([positive_rows, neg_rows]), return_inverse=True)  # (S,), (B+K,)
@@ -98,4 +110,5 @@ def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadF
         raise ValueError(f"{selected.numel()} selected bank rows but the shards hold {keys.shape[0]} of them: "
                          f"a positive row lies outside the bank (shards {bounds.tolist()})")
     batch = queries.shape[0]
-    return pair_loss(queries, keys[inverse[:batch]], neg_batch, keys[inverse[batch:]], cfg)
+    result = pair_loss(queries, keys[inverse[:batch]], neg_batch, keys[inverse[batch:]], cfg)
+    return replace(result, negatives=torch.stack([neg_batch, neg_rows], 1))

@@ -31,7 +31,7 @@ from qkcopy.data.demo_images import generate_demo_images
 from qkcopy.retrieval.embed import embed_paths
 from qkcopy.data.images import scan_images
 from qkcopy.retrieval.metrics import Metrics, evaluate
-from qkcopy.report.plots import plot_pr_curves
+from qkcopy.retrieval.plots import plot_pr_curves
 from qkcopy.io import atomic_write
 from qkcopy.report.report import format_table, loss_curves, retrieval_sheet, write_report
 from qkcopy.model.trained import load_trained

@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from qkcopy.data.images import ImageError, load_image  # noqa: E402
-from qkcopy.retrieval.metrics import GroundTruth, Predictions  # noqa: E402
+from qkcopy.data.isc_csv import GroundTruth, Predictions  # noqa: E402
 from qkcopy.io import atomic_write
 
 log = logging.getLogger(__name__)

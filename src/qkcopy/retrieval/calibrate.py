@@ -26,15 +26,18 @@ Letters: Nq queries, Nb background images, E descriptor dim, P predictions.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from qkcopy.retrieval.metrics import TARGET_PRECISION, GroundTruth, Metrics, Predictions, evaluate, precision_recall_at_threshold
+from qkcopy.data.isc_csv import GroundTruth, Predictions
+
+from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
+from qkcopy.errors import ThresholdError, read_json
 from qkcopy.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -77,28 +80,67 @@ def save_threshold(threshold: Threshold, path: str | Path) -> Path:
     return atomic_write_json(path, {"format": THRESHOLD_FORMAT, **asdict(threshold)})
 
 
+def check_score_threshold(score: float, where: str = "threshold") -> float:
+    """A usable copy threshold: finite and <= 0, since scores are −squared L2 (a higher one labels no pair)."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise ThresholdError(f"{where}: the score threshold must be a number, got {score!r}", where)
+    if not math.isfinite(score):
+        raise ThresholdError(f"{where}: the score threshold is {score}; it must be a finite number (scores are "
+                             "−squared L2 distances, <= 0)", where)
+    if score > 0:
+        raise ThresholdError(f"{where}: the score threshold {score:g} is above 0, the highest possible score "
+                             "(scores are −squared L2 distances), so no pair could be called a copy; give a "
+                             "value <= 0 such as -0.5, or a threshold.json from `qkcopy eval`", where)
+    return float(score)
+
+
 def load_threshold(spec: str | Path | float, fingerprint: str | None = None) -> Threshold | float:
     """A threshold.json (checked against the model's fingerprint) or a plain number given by the user."""
     if isinstance(spec, (int, float)):
-        return float(spec)
+        return check_score_threshold(spec, f"threshold {spec!r}")
     try:
-        return float(str(spec))
+        value = float(str(spec))
     except ValueError:
         pass
+    else:
+        return check_score_threshold(value, f"threshold {spec!r}")
     path = Path(spec)
     if path.is_dir():
         path = path / "threshold.json"
     if not path.is_file():
         raise FileNotFoundError(f"threshold {spec!r} is neither a number nor a threshold.json file "
                                 "(write one with `qkcopy eval`)")
-    data = json.loads(path.read_text())
-    if data.pop("format", None) != THRESHOLD_FORMAT:
-        raise ValueError(f"{path} is not a qkcopy threshold file")
-    threshold = Threshold(**data)
+    data = read_json(path, ThresholdError, "threshold file")
+    if not isinstance(data, dict) or data.pop("format", None) != THRESHOLD_FORMAT:
+        raise ThresholdError(f"{path} is not a qkcopy threshold file (no \"format\": \"{THRESHOLD_FORMAT}\"); "
+                             "write one with `qkcopy eval`", path)
+    threshold = _threshold_from(data, path)
     if fingerprint is not None and threshold.fingerprint != fingerprint:
-        raise ValueError(f"{path} was calibrated for model {threshold.fingerprint}, not {fingerprint}; "
-                         "scores of different models are not comparable — run `qkcopy eval` with this model")
+        raise ThresholdError(f"{path} was calibrated for model {threshold.fingerprint}, not {fingerprint}; "
+                             "scores of different models are not comparable — run `qkcopy eval` with this model",
+                             path)
     return threshold
+
+
+def _threshold_from(data: dict, path: Path) -> Threshold:
+    """Every key of `Threshold`, each of its type, nothing else; the score checked like a user's value."""
+    names = [f.name for f in fields(Threshold)]
+    missing, extra = [n for n in names if n not in data], sorted(set(data) - set(names))
+    if missing or extra:
+        raise ThresholdError(f"{path}: " + "; ".join(
+            ([f"missing key(s) {', '.join(missing)}"] if missing else []) +
+            ([f"unknown key(s) {', '.join(extra)}"] if extra else [])) +
+            " — write it again with `qkcopy eval`", path)
+    kinds = dict(score=float, precision=float, recall=float, target_precision=float, target_met=bool,
+                 fingerprint=str, k=int, benchmark=str)
+    for name, kind in kinds.items():
+        value = data[name]
+        ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
+            isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not ok:
+            raise ThresholdError(f"{path}: key {name} must be {kind.__name__}, got {value!r}", path)
+    check_score_threshold(data["score"], f"{path} (key score)")
+    return Threshold(**{**data, "score": float(data["score"])})
 
 
 def background_sqdist(queries: np.ndarray, background: np.ndarray, n: int = 10) -> np.ndarray:
@@ -143,9 +185,13 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
     """Evaluate `trained` (a `qkcopy.run.TrainedModels`) on `benchmark` and write the calibration to `out`."""
     from qkcopy.retrieval.embed_shards import device_of
     from qkcopy.retrieval.embed import embed_paths
-    from qkcopy.report.plots import plot_pr_curves
+    from qkcopy.retrieval.plots import plot_pr_curves
     from qkcopy.retrieval.knn import search_predictions
 
+    if not benchmark.query_paths or benchmark.ground_truth.n_positives == 0:  # before any embedding
+        raise ValueError(f"{benchmark.root}: the ground truth lists {len(benchmark.query_paths)} queries, "
+                         f"{benchmark.ground_truth.n_positives} of them copies; calibrating needs at least one "
+                         "query that is a copy of a reference — check its ground-truth CSV")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size, device = trained.cfg.model.image_size, device_of(trained.q)

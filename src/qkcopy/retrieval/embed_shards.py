@@ -28,9 +28,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from qkcopy.errors import DataError, DescriptorError, read_json
+from qkcopy.io import atomic_path, atomic_write_json
 from qkcopy.retrieval.descriptors import write_isc_h5, write_npy
 from qkcopy.retrieval.embed import embed_paths
-from qkcopy.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
     size, dim, fingerprint = trained.cfg.model.image_size, trained.cfg.model.descriptor_dim, trained.fingerprint
     prefix = output_prefix(out)
     shard_dir = prefix.with_name(prefix.name + ".shards")
+    new_dir = not shard_dir.exists()
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = -(-len(paths) // shard_size)
     ids, chunks, skipped, embedded = [], [], [], 0
@@ -140,8 +142,10 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
     for extra in sorted(shard_dir.glob("*.h5"))[n_shards:]:  # the folder shrank since an earlier run
         extra.unlink()
     if not ids:
-        raise ValueError(f"none of the {len(paths)} images could be read ({len(skipped)} skipped, e.g. "
-                         f"{skipped[0]})")
+        if new_dir and not keep_shards:  # shards of nothing are no use to a rerun
+            shutil.rmtree(shard_dir)
+        raise DataError(f"none of the {len(paths)} images could be read ({len(skipped)} skipped, e.g. "
+                        f"{skipped[0]})", skipped[0])
     vectors = np.concatenate(chunks)  # (N, E)
     write_isc_h5(prefix.with_name(prefix.name + ".h5"), ids, vectors)
     write_npy(prefix, ids, vectors)
@@ -156,35 +160,53 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
 
 
 def read_meta(descriptor_file: str | Path) -> dict | None:
-    """The `.meta.json` written beside a descriptor file by `embed_collection`, or None."""
+    """The `.meta.json` written beside a descriptor file by `embed_collection`, or None when there is none."""
     base = output_prefix(descriptor_file)
-    meta = base.with_name(base.name + META_SUFFIX)
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    path = base.with_name(base.name + META_SUFFIX)
+    if not path.is_file():
+        return None
+    meta = read_json(path, DescriptorError, "descriptor metadata")
+    missing = [k for k in ("fingerprint", "side") if not isinstance(meta, dict) or not isinstance(meta.get(k), str)]
+    if missing or meta["side"] not in SIDES:
+        raise DescriptorError(f"{path}: damaged descriptor metadata (needs text keys fingerprint and side, side "
+                              f"one of {sorted(SIDES)}); embed the images again with `qkcopy embed`", path)
+    return meta
 
 
-def read_descriptors(path: str | Path, fingerprint: str, side: str, dim: int) -> tuple[list[str], np.ndarray]:
+def read_descriptors(path: str | Path, fingerprint: str, side: str, dim: int,
+                     allow_missing_meta: bool = False) -> tuple[list[str], np.ndarray]:
     """(ids, vectors) from a `.h5` (ISC2021) or `.npy` descriptor file, checked against the model using them.
 
     The `.meta.json` that `embed_collection` writes beside the file says which model and side made the
-    descriptors: another model or the wrong side is refused. Without it only the dimension can be checked.
+    descriptors: another model or the wrong side is refused. A file without one is refused too (its model
+    cannot be checked, and an index would be stamped with the wrong one) unless `allow_missing_meta`, when the
+    caller vouches that this model made them.
     """
     from qkcopy.retrieval.descriptors import read_isc_h5, read_npy
 
     path = Path(path)
-    ids, vectors = read_npy(path) if path.suffix == ".npy" else read_isc_h5(path)
     meta = read_meta(path)
+    if meta is None and not allow_missing_meta and path.exists():
+        base = output_prefix(path)
+        raise DescriptorError(f"{path} has no {base.name + META_SUFFIX} beside it, so which model made these "
+                              "descriptors cannot be checked; embed them with `qkcopy embed`, or pass "
+                              "--allow-missing-meta if you are sure this model's "
+                              f"{SIDES[side].upper()} side made them", path)
+    ids, vectors = read_npy(path) if path.suffix == ".npy" else read_isc_h5(path)
     if meta is None:
-        log.warning("%s has no %s beside it: cannot check which model made these descriptors", path, META_SUFFIX)
+        log.warning("%s has no %s beside it: trusting that model %s made these descriptors", path, META_SUFFIX,
+                    fingerprint)
     else:
         if meta["fingerprint"] != fingerprint:
-            raise ValueError(f"{path} was embedded with model {meta['fingerprint']}, not {fingerprint}; "
-                             "descriptors of different models are not comparable — embed again with this model")
+            raise DescriptorError(f"{path} was embedded with model {meta['fingerprint']}, not {fingerprint}; "
+                                  "descriptors of different models are not comparable — embed again with this "
+                                  "model", path)
         if meta["side"] != side:
-            raise ValueError(f"{path} holds {meta['side']} descriptors ({SIDES[meta['side']].upper()} model) but "
-                             f"{side} descriptors ({SIDES[side].upper()} model) are needed here")
+            raise DescriptorError(f"{path} holds {meta['side']} descriptors ({SIDES[meta['side']].upper()} model) "
+                                  f"but {side} descriptors ({SIDES[side].upper()} model) are needed here", path)
     if vectors.shape[1] != dim:
-        raise ValueError(f"{path} holds {vectors.shape[1]}-d descriptors but the model makes {dim}-d ones")
+        raise DescriptorError(f"{path} holds {vectors.shape[1]}-d descriptors but the model makes {dim}-d ones",
+                              path)
     if len(ids) == 0:
-        raise ValueError(f"{path} holds no descriptors")
+        raise DescriptorError(f"{path} holds no descriptors", path)
     return ids, vectors
-

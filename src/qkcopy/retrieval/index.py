@@ -2,7 +2,9 @@
 
 An index directory holds `index.faiss`, `ids.txt` (row i of the index is the reference on line i) and
 `meta.json` (model fingerprint, descriptor dim, index type and parameters, size). It is written into a
-temporary sibling and swapped in by rename, so a crash never leaves a half-written index.
+temporary sibling and swapped in by rename, so a crash never leaves a half-written index; other files a user
+keeps in the folder are carried over (hard links), so only these three are ever replaced. A damaged or
+inconsistent index is an `IndexFileError` naming the file.
 
 Types: "flat" (exact squared L2, the default), "ivf" (inverted lists, `nlist` cells, `nprobe` searched),
 "ivfpq" (inverted lists with product-quantised codes, `m` sub-quantisers of 8 bits: approximate distances,
@@ -17,13 +19,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
-from qkcopy.io import atomic_dir
+
+from qkcopy.errors import IndexFileError, read_json
+from qkcopy.io import atomic_dir, recover_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,7 @@ INDEX_TYPES = ("flat", "ivf", "ivfpq")
 FORMAT = "qkcopy-index/1"
 PQ_BITS = 8  # bits per sub-quantiser code: 2^8 centroids each, so training needs >= 256 vectors
 MIN_POINTS_PER_CELL = 39  # faiss's own k-means warning threshold
+FILES = ("index.faiss", "ids.txt", "meta.json")  # what an index owns in its folder
 
 
 class FingerprintMismatch(ValueError):
@@ -130,27 +137,66 @@ class ReferenceIndex:
             meta = dict(format=FORMAT, fingerprint=self.fingerprint, dim=self.dim, type=self.kind,
                         params=self.params, n=len(self))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+            _carry_over(directory, tmp)
         log.info("wrote %s index of %d references (E=%d) to %s", self.kind, len(self), self.dim, directory)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> ReferenceIndex:
         directory = Path(directory)
-        files = [directory / n for n in ("index.faiss", "ids.txt", "meta.json")]
+        if not directory.exists():  # a writer killed inside its swap: read the index it was replacing
+            olds = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
+            directory = olds[-1] if olds else directory
+        files = [directory / n for n in FILES]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"{directory} is not a qkcopy index (missing {', '.join(missing)}); "
                                     "build one with `qkcopy index`")
-        meta = json.loads(files[2].read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{files[2]}: unknown index format {meta.get('format')!r} (expected {FORMAT})")
-        index = faiss.read_index(str(files[0]))
-        ids = files[1].read_text(encoding="utf-8").splitlines()
+        meta = read_json(files[2], IndexFileError, "index metadata")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise IndexFileError(f"{files[2]}: unknown index format "
+                                 f"{meta.get('format') if isinstance(meta, dict) else meta!r} (expected {FORMAT})",
+                                 files[2])
+        bad = [k for k, kind in (("fingerprint", str), ("type", str), ("n", int), ("dim", int))
+               if not isinstance(meta.get(k), kind)]
+        if bad or meta["type"] not in INDEX_TYPES:
+            raise IndexFileError(f"{files[2]}: damaged index metadata (bad or missing {', '.join(bad) or 'type'}); "
+                                 "rebuild the index with `qkcopy index`", files[2])
+        try:
+            index = faiss.read_index(str(files[0]))
+        except RuntimeError as err:  # faiss: truncated, empty or foreign file
+            reason = str(err).strip().splitlines()
+            raise IndexFileError(f"{files[0]}: damaged faiss index ({reason[-1] if reason else 'unreadable'}); "
+                                 "rebuild the index with `qkcopy index`", files[0]) from None
+        try:
+            ids = files[1].read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise IndexFileError(f"{files[1]}: damaged id list (not UTF-8 text); rebuild the index", files[1]) from None
         if index.ntotal != len(ids) or index.ntotal != meta["n"] or index.d != meta["dim"]:
-            raise ValueError(f"{directory} is inconsistent: {index.ntotal} vectors of dim {index.d}, {len(ids)} "
-                             f"ids, meta.json says n={meta['n']} dim={meta['dim']}; rebuild it")
+            raise IndexFileError(f"{directory} is inconsistent: {index.ntotal} vectors of dim {index.d}, {len(ids)} "
+                                 f"ids, meta.json says n={meta['n']} dim={meta['dim']}; rebuild it", directory)
         check_ids(ids, index.ntotal, str(files[1]))
         return cls(index, ids, meta["fingerprint"], meta["type"], meta.get("params", {}))
+
+
+def _carry_over(directory: Path, tmp: Path) -> None:
+    """Hard-link (or copy) into `tmp` every entry of `directory` that is not the index's own."""
+    if not directory.is_dir():
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+    for entry in directory.iterdir():
+        if entry.name in FILES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=link)
+        else:
+            link(str(entry), str(tmp / entry.name))
 
 
 def build_index(ids: Sequence[str], vectors: np.ndarray, fingerprint: str, kind: str = "flat",
@@ -194,8 +240,10 @@ def build_index(ids: Sequence[str], vectors: np.ndarray, fingerprint: str, kind:
 def index_collection(trained, out: str | Path, references: str | Path | None = None,
                      descriptors: str | Path | None = None, kind: str = "flat", nlist: int | None = None,
                      m: int | None = None, nprobe: int | None = None, add: bool = False, batch_size: int = 64,
-                     workers: int = 2) -> ReferenceIndex:
+                     workers: int = 2, allow_missing_meta: bool = False) -> ReferenceIndex:
     """Build (or with `add`, extend) the index in `out` from a folder of references or a descriptor file.
+
+    A descriptor file without its `.meta.json` is refused unless `allow_missing_meta` (see `read_descriptors`).
 
     A folder is embedded with the K model of `trained` (a `qkcopy.run.TrainedModels`) in one pass; for large
     folders run `embed_collection(side="reference")` first (resumable) and pass its file as `descriptors`.
@@ -206,6 +254,7 @@ def index_collection(trained, out: str | Path, references: str | Path | None = N
 
     if (references is None) == (descriptors is None):
         raise ValueError("give either a folder of reference images or a reference descriptor file")
+    recover_dir(out)  # an earlier writer killed inside its swap: its index back in place
     existing = ReferenceIndex.load(out) if add else None
     if existing is not None:
         existing.check_model(trained.fingerprint, f"references embedded with model {trained.checkpoint}")
@@ -214,7 +263,8 @@ def index_collection(trained, out: str | Path, references: str | Path | None = N
                               "another --out")
     fingerprint = trained.fingerprint
     if descriptors is not None:
-        ids, vectors = read_descriptors(descriptors, fingerprint, "reference", trained.cfg.model.descriptor_dim)
+        ids, vectors = read_descriptors(descriptors, fingerprint, "reference", trained.cfg.model.descriptor_dim,
+                                        allow_missing_meta)
     else:
         paths = scan_images(references)
         image_ids(paths)

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from qkcopy.retrieval.metrics import Predictions
+from qkcopy.data.isc_csv import Predictions
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qkcopy.retrieval.calibrate import Threshold
+from qkcopy.retrieval.calibrate import Threshold, check_score_threshold
 from qkcopy.retrieval.embed_shards import device_of, image_ids
 from qkcopy.retrieval.embed import embed_paths
 from qkcopy.retrieval.index import ReferenceIndex
@@ -76,6 +77,8 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
             log.warning("this threshold did not reach precision %.2f on its benchmark (it had %.3f)",
                         threshold.target_precision, threshold.precision)
         threshold = threshold.score
+    if threshold is not None:
+        threshold = check_score_threshold(threshold)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no query images given")
@@ -95,11 +98,24 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     return CopySearch(matches, emb.ids, emb.skipped, threshold)
 
 
-def write_matches(result: CopySearch, path: str | Path) -> Path:
-    """`.csv` (query,reference,score,is_copy) or `.json` (rows plus threshold and skipped files), atomically."""
+def check_results_path(path: str | Path) -> Path:
+    """Refuse, before any work, a results file that `write_matches` could not write."""
     path = Path(path)
     if path.suffix not in (".csv", ".json"):
         raise ValueError(f"results file must end in .csv or .json, got {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"results file {path} is a folder; give a file name ending in .csv or .json")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise NotADirectoryError(f"cannot create the folder of results file {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write results file {path}: {parent} is not writable")
+    return path
+
+
+def write_matches(result: CopySearch, path: str | Path) -> Path:
+    """`.csv` (query,reference,score,is_copy) or `.json` (rows plus threshold and skipped files), atomically."""
+    path = check_results_path(path)
     if path.suffix == ".json":
         return atomic_write_json(path, dict(threshold=result.threshold, queries=result.queries,
                                             skipped=result.skipped, matches=[asdict(m) for m in result.matches]))

@@ -15,8 +15,11 @@ To add a method: subclass `Method`, register it in `METHODS`, add its name to `t
 
 from __future__ import annotations
 
+import json
+
 import torch
 
+from qkcopy.qk.mining import BoundedMiner
 from qkcopy.qk.loss import HardNegativeMiner, LossConfig, squared_distances
 from qkcopy.qk.step import StepResult, colearn_loss, pair_loss
 
@@ -95,6 +98,7 @@ class Method:
 
 class QKColearn(Method):
     name, uses_bank, pairs, sharded = "qk", True, False, True
+    miner: BoundedMiner | None = None
 
     def queries(self, side: str) -> bool:
         return side == "Q"  # a K phase trains K on the originals against the bank of queries
@@ -111,7 +115,26 @@ class QKColearn(Method):
         trained, frozen = (run.q, run.k) if side == "Q" else (run.k, run.q)
         with run.autocast():
             desc = trained(tensors[0], g256[0])  # (B, E)
-        return colearn_loss(desc.float(), index, frozen.head, bank, run.cfg.loss, run.dist)
+        return colearn_loss(desc.float(), index, frozen.head, bank, run.cfg.loss, run.dist,
+                            miner=self._miner(run, bank))
+
+    def _miner(self, run, bank) -> BoundedMiner | None:
+        """config mining=bounded: one exact bounded miner per phase (a new bank shard starts a new one)."""
+        if run.cfg.mining != "bounded":
+            return None
+        if self.miner is None or self.miner.shard is not bank:
+            self.miner = BoundedMiner(bank)
+        return self.miner
+
+    def after_step(self, run) -> None:
+        """With the bounded miner: one line per step in mining_log.jsonl (bank rows evaluated, of how many, and
+        whether it was a full pass; miner_step counts from this process's first step of the phase)."""
+        if self.miner is not None and run.is_main:
+            last = self.miner.history[-1]
+            record = dict(miner_step=len(self.miner.history) - 1, evaluated=last.evaluated, rows=last.rows,
+                          full=last.full)
+            with open(run.dir / "mining_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 class SimCLR(Method):

@@ -1,0 +1,185 @@
+"""`qkcopy collection`: a persistent reference collection (SQLite + a faiss cache) for `qkcopy serve` and
+`qkcopy match`: create, add, remove, list, stats, snapshot, reindex, and the service's API keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from qkcopy.cli import add_embedding_options
+
+INDEX_TYPES = ("flat", "ivf", "ivfpq")  # qkcopy.retrieval.index.INDEX_TYPES (imported lazily: faiss)
+
+
+def parse_meta(items: list[str] | None) -> dict:
+    meta = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--meta takes key=value, got {item!r}")
+        meta[key] = value
+    return meta
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collection", help="create and manage a reference collection", description=__doc__)
+    cmds = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name, help_, func):
+        q = cmds.add_parser(name, help=help_, description=help_)
+        q.add_argument("collection", type=Path, help="collection folder")
+        q.set_defaults(func=func)
+        return q
+
+    def add_options(q, model_required):
+        q.add_argument("images", nargs="*", type=Path, help="image files or folders (searched recursively)")
+        q.add_argument("--model", type=Path, required=model_required,
+                       help="run directory" + ("" if model_required else " [the collection's model]"))
+        q.add_argument("--bank", default="default", help="bank the references go into [default]")
+        q.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata for every reference added")
+        q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
+        q.add_argument("--batch", type=int, default=32, help="images per batch [32]")
+
+    q = action("create", "create a collection pinned to a model (and threshold); optionally add images", _create)
+    add_options(q, True)
+    q.add_argument("--threshold", help="threshold.json from `qkcopy eval` (or its folder), or a score [none]")
+    add_options(action("add", "add reference images (exact re-adds are recognised)", _add), False)
+    q = action("remove", "remove references by id", _remove)
+    q.add_argument("ids", nargs="+", type=int, help="reference ids")
+    q = action("list", "list references (JSON lines)", _list)
+    q.add_argument("--bank", help="only this bank")
+    q.add_argument("--after", type=int, default=0, help="ids after this one [0]")
+    q.add_argument("--limit", type=int, default=100, help="how many [100]")
+    q = action("stats", "counts per bank, model, threshold, index; --check compares index and database", _stats)
+    q.add_argument("--check", action="store_true", help="load the index and check that it equals the database")
+    action("snapshot", "write the index snapshot now (faster start-up)", _snapshot)
+    q = action("reindex", "rebuild the index as another type (IVF types trained on the references)", _reindex)
+    q.add_argument("--type", choices=INDEX_TYPES, required=True)
+    q.add_argument("--nlist", type=int, help="IVF cells [about 4·sqrt(N)]")
+    q.add_argument("--nprobe", type=int, help="IVF cells searched [min(nlist, 16)]")
+    q.add_argument("--m", type=int, help="IVF-PQ sub-quantisers [32]")
+    q = action("key", "API keys of the service: create (printed once), list, revoke", _key)
+    q.add_argument("key_action", choices=("create", "list", "revoke"))
+    q.add_argument("name", nargs="?", help="key name (create, revoke)")
+    q.add_argument("--scope", action="append", choices=("read", "write"),
+                   help="scope of a new key; repeat for both [read]")
+
+
+def _add_images(coll, args) -> None:
+    from qkcopy.collection.collection import check_bank
+    from qkcopy.collection.describe import Describer, add_files
+    from qkcopy.data.images import scan_images
+    from qkcopy.model.trained import load_trained
+
+    check_bank(args.bank)
+    meta = parse_meta(args.meta)
+    paths = [q for p in args.images for q in (scan_images(p) if p.is_dir() else [p])]
+    model = args.model or coll.model_path
+    if model is None:
+        raise ValueError(f"{args.collection} records no model path; pass --model")
+    trained = load_trained(model, args.device)
+    if trained.fingerprint != coll.fingerprint:
+        raise ValueError(f"{model} is model {trained.fingerprint}, but {args.collection} holds references of model "
+                         f"{coll.fingerprint}; use the collection's model ({coll.model_path})")
+    added, present, skips = add_files(coll, Describer(trained), paths, args.bank, meta, args.batch)
+    skips.report(what="images (not added)")
+    print(f"added {added} references to bank {args.bank!r} ({present} already present, {skips.count} unreadable); "
+          f"collection now holds {coll.stats()['references']}")
+
+
+def _create(args) -> int:
+    from qkcopy.collection import Collection
+    from qkcopy.model.trained import load_trained
+    from qkcopy.retrieval.calibrate import load_threshold
+
+    trained = load_trained(args.model, "cpu")
+    threshold = load_threshold(args.threshold, trained.fingerprint) if args.threshold else None
+    with Collection.create(args.collection, trained.fingerprint, trained.cfg.model.descriptor_dim, args.model,
+                           threshold) as coll:
+        print(f"collection {args.collection}: model {coll.fingerprint}, threshold "
+              f"{'none (matches are ranked, not labelled)' if threshold is None else coll.threshold_score}")
+        if args.images:
+            _add_images(coll, args)
+    return 0
+
+
+def _add(args) -> int:
+    from qkcopy.collection import Collection
+
+    if not args.images:
+        raise ValueError("give image files or folders to add")
+    with Collection.open(args.collection) as coll:
+        _add_images(coll, args)
+    return 0
+
+
+def _remove(args) -> int:
+    from qkcopy.collection import Collection
+
+    with Collection.open(args.collection) as coll:
+        gone = coll.remove(args.ids)
+    missing = sorted(set(args.ids) - set(gone))
+    print(f"removed {len(gone)} references" + (f"; not found: {missing}" if missing else ""))
+    return 0 if not missing else 1
+
+
+def _list(args) -> int:
+    from qkcopy.collection import Collection
+
+    with Collection.open(args.collection) as coll:
+        for ref in coll.list(args.bank, args.after, args.limit):
+            print(json.dumps(ref.as_dict()))
+    return 0
+
+
+def _stats(args) -> int:
+    from qkcopy.collection import Collection
+
+    with Collection.open(args.collection) as coll:
+        stats = coll.stats()
+        if args.check:
+            stats["check"] = coll.check()
+    print(json.dumps(stats, indent=1))
+    return 0 if not args.check or stats["check"]["consistent"] else 1
+
+
+def _snapshot(args) -> int:
+    from qkcopy.collection import Collection
+
+    with Collection.open(args.collection) as coll:
+        seq = coll.snapshot()
+        print(f"snapshot of {len(coll.index())} references at change {seq} in {args.collection / 'cache'}")
+    return 0
+
+
+def _reindex(args) -> int:
+    from qkcopy.collection import Collection
+
+    with Collection.open(args.collection) as coll:
+        coll.reindex(args.type, args.nlist, args.nprobe, args.m)
+        print(f"{args.type} index of {len(coll.index())} references {coll.params}")
+    return 0
+
+
+def _key(args) -> int:
+    from qkcopy.collection import Collection
+    from qkcopy.serve.auth import create_key
+
+    with Collection.open(args.collection) as coll:
+        if args.key_action == "list":
+            for name, _, scopes, _ in coll.store.keys():
+                print(f"{name}\t{','.join(scopes)}")
+            return 0
+        if not args.name:
+            raise ValueError(f"`key {args.key_action}` needs a key name")
+        if args.key_action == "revoke":
+            if not coll.store.revoke_key(args.name):
+                raise ValueError(f"no API key named {args.name!r}")
+            print(f"revoked {args.name}")
+            return 0
+        token = create_key(coll.store, args.name, args.scope or ["read"])
+    print(token)
+    print(f"(API key {args.name!r}, scopes {','.join(sorted(set(args.scope or ['read'])))}: shown once, stored "
+          "hashed; clients send it as 'Authorization: Bearer <key>')", file=__import__("sys").stderr)
+    return 0

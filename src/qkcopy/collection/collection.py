@@ -1,0 +1,221 @@
+"""A persistent reference collection: create, open, add, remove, list, stats and match.
+
+The folder holds the database (store.py, the truth) and the index snapshot (cache.py, a cache). The model
+that describes the references (its fingerprint, the run it was loaded from) and the copy threshold are pinned
+when the collection is created: opening it with another model is refused, since descriptors of different
+models are not comparable. References are described with K; queries with Q (see describe.py).
+
+Every change goes to the database first (one transaction, acknowledged when it commits), then reaches the
+in-memory index by replaying the change log, the same path a restart takes; so index and database agree
+after any crash, and several processes (a server and `qkcopy collection add`) can share one collection.
+
+Letters: Nq queries, E descriptor dim, k neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qkcopy.collection.cache import IndexCache, StaleCache
+from qkcopy.collection.store import DB_NAME, Added, NewRef, Ref, Store
+from qkcopy.retrieval.calibrate import Threshold
+from qkcopy.retrieval.index import INDEX_TYPES, FingerprintMismatch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "qkcopy-collection/1"
+CACHE_DIR = "cache"
+DEFAULT_BANK = "default"
+MAX_K = 100
+
+
+@dataclass(frozen=True)
+class MatchRow:
+    id: int
+    name: str
+    bank: str
+    metadata: dict
+    score: float  # −squared L2 between the query's Q descriptor and the reference's K descriptor
+    is_copy: bool | None  # None when the collection has no threshold
+
+
+def check_bank(bank: str) -> str:
+    if not isinstance(bank, str) or not 1 <= len(bank) <= 64 or not bank.isprintable():
+        raise ValueError(f"bank name must be 1–64 printable characters, got {bank!r}")
+    return bank
+
+
+class Collection:
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root, self.store = root, store
+        s = store.settings()
+        if s.get("format") != FORMAT:
+            raise ValueError(f"{root} is not a qkcopy collection (format {s.get('format')!r})")
+        self.fingerprint: str = s["fingerprint"]
+        self.dim: int = int(s["dim"])
+        self.model_path: str | None = s.get("model")
+        self.threshold: dict | None = s.get("threshold")
+        self.kind: str = s.get("index", "flat")
+        self.params: dict = s.get("index_params", {})
+        self._cache: IndexCache | None = None
+        self._cache_lock = threading.Lock()
+
+    # --- lifecycle ---
+
+    @classmethod
+    def create(cls, root: str | Path, fingerprint: str, dim: int, model: str | Path | None = None,
+               threshold: Threshold | float | None = None) -> Collection:
+        root = Path(root)
+        if (root / DB_NAME).exists():
+            raise FileExistsError(f"{root} already holds a collection; add to it with `qkcopy collection add`")
+        if isinstance(threshold, Threshold) and threshold.fingerprint != fingerprint:
+            raise FingerprintMismatch(f"the threshold was calibrated for model {threshold.fingerprint}, not "
+                                      f"{fingerprint}; run `qkcopy eval` with this model")
+        root.mkdir(parents=True, exist_ok=True)
+        store = Store(root / DB_NAME, create=True)
+        pinned = None
+        if threshold is not None:
+            pinned = dataclasses.asdict(threshold) if isinstance(threshold, Threshold) else {"score": float(threshold)}
+        store.set_settings(dict(format=FORMAT, fingerprint=fingerprint, dim=int(dim), threshold=pinned,
+                                model=str(Path(model).resolve()) if model else None, index="flat", index_params={}))
+        log.info("created collection %s for model %s", root, fingerprint)
+        return cls(root, store)
+
+    @classmethod
+    def open(cls, root: str | Path, fingerprint: str | None = None) -> Collection:
+        """Open the collection in `root`; with `fingerprint`, refuse a model other than the pinned one."""
+        root = Path(root)
+        if not (root / DB_NAME).is_file():
+            raise FileNotFoundError(f"{root} is not a qkcopy collection (no {DB_NAME}); create one with "
+                                    "`qkcopy collection create`")
+        coll = cls(root, Store(root / DB_NAME))
+        if fingerprint is not None and fingerprint != coll.fingerprint:
+            coll.close()
+            raise FingerprintMismatch(
+                f"{root} holds references described by model {coll.fingerprint}, but the model given is "
+                f"{fingerprint}; use the collection's model ({coll.model_path}) or re-embed into a new collection")
+        return coll
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the index cache ---
+
+    def index(self) -> IndexCache:
+        """The index, loaded (snapshot + catch-up, or a rebuild) on first use and kept up with the database."""
+        with self._cache_lock:
+            if self._cache is None:
+                self._cache = IndexCache.open(self.store, self.root / CACHE_DIR, self.fingerprint, self.dim,
+                                              self.kind, self.params)
+            try:
+                self._cache.catch_up(self.store)
+            except StaleCache as err:
+                log.warning("%s; rebuilding the index", err)
+                self._cache = IndexCache.build(self.store, self.dim, self.kind, self.params)
+                self._cache.catch_up(self.store)
+            return self._cache
+
+    def snapshot(self) -> int:
+        """Write the index snapshot, then drop the change log it holds. Returns the snapshot's change seq."""
+        cache = self.index()
+        with cache.lock:
+            seq = cache.seq
+            cache.snapshot(self.root / CACHE_DIR, self.fingerprint)
+        self.store.truncate_changes(seq)
+        return seq
+
+    def reindex(self, kind: str, nlist: int | None = None, nprobe: int | None = None, m: int | None = None) -> None:
+        """Rebuild the index as `kind` (IVF types trained on the current references) and pin that type."""
+        if kind not in INDEX_TYPES:
+            raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+        params = {k: v for k, v in dict(nlist=nlist, nprobe=nprobe, m=m).items() if v}
+        cache = IndexCache.build(self.store, self.dim, kind, params)
+        self.store.set_settings(dict(index=kind, index_params=cache.params))
+        self.kind, self.params = kind, cache.params
+        with self._cache_lock:
+            self._cache = cache
+        self.snapshot()
+
+    def check(self) -> dict:
+        """Index == database? {'database': n, 'index': n, 'missing': [...], 'extra': [...]}: ids, first 10."""
+        cache = self.index()
+        with cache.lock:
+            db_ids, index_ids = self.store.all_ids(), cache.ids()
+        missing = np.setdiff1d(db_ids, index_ids)
+        extra = np.setdiff1d(index_ids, db_ids)
+        return dict(database=len(db_ids), index=len(index_ids), missing=missing[:10].tolist(),
+                    extra=extra[:10].tolist(), consistent=not len(missing) and not len(extra))
+
+    # --- references ---
+
+    def add(self, refs: Sequence[NewRef]) -> list[Added]:
+        """Commit the references (one transaction), then bring the index up to date."""
+        for r in refs:
+            check_bank(r.bank)
+        added = self.store.add(refs, self.dim)
+        if self._cache is not None:
+            self.index()  # replay the new changes into the loaded index
+        return added
+
+    def remove(self, ids: Sequence[int]) -> list[int]:
+        gone = self.store.remove(ids)
+        if self._cache is not None:
+            self.index()
+        return gone
+
+    def get(self, ref_id: int) -> Ref | None:
+        return self.store.get([ref_id]).get(int(ref_id))
+
+    def list(self, bank: str | None = None, after: int = 0, limit: int = 100) -> list[Ref]:
+        return self.store.list(bank, after, limit)
+
+    def stats(self) -> dict:
+        banks = self.store.counts()
+        out = dict(references=sum(banks.values()), banks=banks, model=self.fingerprint, model_path=self.model_path,
+                   dim=self.dim, index=self.kind, index_params=self.params,
+                   threshold=None if self.threshold is None else self.threshold["score"])
+        if self._cache is not None:
+            out["indexed"] = len(self._cache)
+        return out
+
+    # --- matching ---
+
+    @property
+    def threshold_score(self) -> float | None:
+        return None if self.threshold is None else float(self.threshold["score"])
+
+    def search(self, vectors: np.ndarray, k: int = 10, bank: str | None = None,
+               nprobe: int | None = None) -> list[list[MatchRow]]:
+        """The k best references of each query descriptor (Q side), best first, with metadata and verdict."""
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        if bank is not None:
+            check_bank(bank)
+        sqdist, ids = self.index().search(vectors, k, bank, nprobe)  # (Nq, k), (Nq, k)
+        refs = self.store.get(np.unique(ids[ids >= 0]).tolist())
+        t = self.threshold_score
+        out = []
+        for row_d, row_i in zip(sqdist, ids):
+            matches = []
+            for d, i in zip(row_d.tolist(), row_i.tolist()):
+                ref = refs.get(i)
+                if ref is None:  # removed between the search and the lookup
+                    continue
+                score = -d
+                matches.append(MatchRow(ref.id, ref.name, ref.bank, ref.meta, score,
+                                        None if t is None else score >= t))
+            out.append(matches)
+        return out

@@ -1,0 +1,114 @@
+"""Describing images for a collection: K for references, Q for queries, in batches, plus their thumbnails.
+
+`Describer` wraps a trained run (qkcopy.model.trained.TrainedModels): `prepare` turns a decoded image into
+the model inputs (qkcopy.data.training.image_pair), `describe` runs a batch of them through one side.
+`add_files` is the bulk path of `qkcopy collection add`: exact re-adds are recognised by content hash before
+anything is embedded, and every chunk is committed (acknowledged) as soon as it is described, so an
+interrupted add keeps what it did and a rerun skips it.
+
+Letters: B batch, S model input size, E descriptor dim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from qkcopy.collection.collection import Collection
+from qkcopy.collection.store import NewRef
+from qkcopy.data.images import ImageError, SkipLog, load_image
+from qkcopy.data.training import image_pair
+from qkcopy.device import autocast
+
+log = logging.getLogger(__name__)
+
+SIDES = ("query", "reference")
+THUMB_SIZE = 160
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
+    """A small JPEG of `img` (longest side `size`) for the review page."""
+    small = img.copy()
+    small.thumbnail((size, size))
+    buf = io.BytesIO()
+    small.convert("RGB").save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    pixels: torch.Tensor  # (3, S, S) float32
+    gist_pixels: torch.Tensor  # (3, 32, 32) float32
+
+
+class Describer:
+    def __init__(self, trained) -> None:
+        self.trained = trained
+        self.fingerprint: str = trained.fingerprint
+        self.dim: int = trained.cfg.model.descriptor_dim
+        self.device = next(trained.q.parameters()).device
+
+    def prepare(self, img: Image.Image) -> Prepared:
+        return Prepared(*image_pair(img, self.trained.cfg.model.image_size))
+
+    @torch.no_grad()
+    def describe(self, side: str, items: Sequence[Prepared]) -> np.ndarray:
+        """Descriptors (B, E) float32 of prepared images through Q ("query") or K ("reference")."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        model = self.trained.q if side == "query" else self.trained.k
+        pixels = torch.stack([p.pixels for p in items]).to(self.device)  # (B, 3, S, S)
+        gist_pixels = torch.stack([p.gist_pixels for p in items]).to(self.device)  # (B, 3, 32, 32)
+        with autocast(self.device):
+            vectors = model(pixels, self.trained.gist256(gist_pixels))  # (B, E)
+        return vectors.float().cpu().numpy()
+
+
+def add_files(collection: Collection, describer: Describer, paths: Sequence[Path], bank: str, meta: dict,
+              batch_size: int = 32) -> tuple[int, int, SkipLog]:
+    """Add image files as references of `bank`: (added, already present, skipped files)."""
+    if describer.fingerprint != collection.fingerprint:
+        raise ValueError(f"model {describer.fingerprint} is not the collection's model {collection.fingerprint}")
+    skips = SkipLog()
+    hashes = {}
+    for p in paths:
+        try:
+            hashes[Path(p)] = sha256(Path(p).read_bytes())
+        except OSError as err:
+            skips.add(ImageError(p, f"cannot read ({err.strerror})"))
+    known = collection.store.known_hashes(bank, list(hashes.values()))
+    todo = [p for p, h in hashes.items() if h not in known]
+    todo = list(dict((hashes[p], p) for p in reversed(todo)).values())[::-1]  # one of each content, first kept
+    added = 0
+    with tqdm(total=len(todo), desc="adding references", unit="img", leave=False) as bar:
+        for start in range(0, len(todo), batch_size):
+            refs, items = [], []
+            for p in todo[start:start + batch_size]:
+                try:
+                    img = load_image(p)
+                except ImageError as err:
+                    skips.add(err)
+                    continue
+                items.append(describer.prepare(img))
+                refs.append((p, thumbnail(img)))
+            vectors = describer.describe("reference", items)
+            result = collection.add([NewRef(p.name, hashes[p], bank, meta, v, thumb)
+                                     for (p, thumb), v in zip(refs, vectors)])
+            added += sum(not a.existing for a in result)
+            bar.update(len(todo[start:start + batch_size]))
+    return added, len(hashes) - len(todo), skips

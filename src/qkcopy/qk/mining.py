@@ -1,0 +1,185 @@
+"""Exact hard-negative mining that evaluates the frozen side's head on few bank rows per step.
+
+Letters: B global batch, N_r rows of this rank's shard, N all rows, C rows in one chunk, F = D + G head input
+width, H hidden width, E descriptor dim, K = B·M hard negatives kept, R rows evaluated exactly in one step.
+
+The full pass (`qk.step.mine_hard_negatives`) runs the head k_n = head(x_n) over all N rows every step. Between
+steps the head moves little. `BoundedMiner` keeps, from its last full pass at weights θ⁰, every row's
+descriptor k⁰_n in fp16 (k̃_n, with r_n = ‖k⁰_n − k̃_n‖ its rounding), the norm of the head's input ‖x_n‖ and
+of its hidden activation ‖h⁰_n‖. For the paper's head k = g + s·(W2·ReLU(W1·x + b1) + b2) at the current
+weights θ (ReLU is 1-Lipschitz; ‖·‖₂ spectral norms, Δ = θ − θ⁰):
+
+    ‖k_n − k⁰_n‖ ≤ δ_n = s·( ‖W2‖₂ (‖ΔW1‖₂ ‖x_n‖ + ‖Δb1‖) + ‖ΔW2‖₂ ‖h⁰_n‖ + ‖Δb2‖ )
+
+so ‖q_b − k_n‖ ≥ ‖q_b − k̃_n‖ − r_n − δ_n. One step:
+1. squared distances from the batch to every cached descriptor, (B × N_r × E): 0.4 % of the head's FLOPs;
+2. the K pairs with the smallest cached distances: their rows (≤ K) are evaluated exactly; the K-th smallest
+   exact distance among the pairs evaluated on all ranks, T, bounds the true K-th smallest from above;
+3. every other row whose lower bound is ≤ T for some query of the batch is evaluated exactly. No row left
+   out can hold one of the K hardest pairs, so the K smallest evaluated pairs are the full pass's choice
+   (same tie order: distance, batch index, row).
+Slack for float32 rounding: cached distances (GEMM expansion) may be off by γ·(‖q‖ + ‖k̃‖)², γ = 2E·2⁻²⁴,
+and descriptors by 10⁻⁴·‖k̃_n‖ (observed: 10⁻⁷); both widen the set of rows evaluated, never narrow it.
+The set grows as the head moves away from θ⁰; a full pass (renewing the cache) replaces step 3 when the
+fraction of rows to evaluate exceeds `max_fraction` or the mean cost per step since the last full pass
+(counting that pass as 1): renewing then lowers the mean. With the frozen head fixed (full freeze) δ = 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qkcopy.distributed import Dist
+from qkcopy.model.descriptor import Head
+from qkcopy.qk.bank import BankShard
+from qkcopy.qk.loss import HardNegativeMiner, squared_distances
+
+log = logging.getLogger(__name__)
+
+DESCRIPTOR_SLACK = 1e-4  # relative float32 error allowed on a head output (observed ≈ 1e-7)
+
+
+@dataclass(frozen=True)
+class MiningStep:
+    """One step of `BoundedMiner`: rows evaluated exactly over all ranks, of how many; whether a full pass."""
+
+    evaluated: int
+    rows: int
+    full: bool
+
+
+def spectral_norm(matrix: torch.Tensor) -> float:
+    """‖A‖₂ from the eigenvalues of the smaller Gram matrix, in float64, rounded up by 10⁻⁶ relative."""
+    a = matrix.detach().double()
+    gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
+    return float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()) * (1 + 1e-6)
+
+
+class BoundedMiner:
+    """Exact mining of one rank's bank shard for a paper-variant `Head`, with a cache renewed by full passes.
+
+    Keep one per phase (bank shard and frozen head); every rank of a job calls `mine` at every step.
+    """
+
+    def __init__(self, shard: BankShard, max_fraction: float = 0.5):
+        if shard.mining_dtype != torch.float32:
+            raise ValueError(f"exact mining needs float32 bank chunks, got {shard.mining_dtype}")
+        if not 0 < max_fraction <= 1:
+            raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
+        self.shard, self.max_fraction = shard, max_fraction
+        self.weights: list[torch.Tensor] | None = None  # θ⁰: W1, b1, W2, b2 at the last full pass
+        self.cache = None  # (N_r, E) fp16 descriptors k̃ at θ⁰
+        self.cache_norm = self.input_norm = self.hidden_norm = self.rounding = None  # (N_r,) float32 each
+        self.cycle_cost, self.cycle_steps = 0.0, 0
+        self.history: list[MiningStep] = []
+
+    @staticmethod
+    def _check_head(head: nn.Module) -> None:
+        if not isinstance(head, Head) or head.refine is not None or head.ffn[0].weight.dtype != torch.float32:
+            raise ValueError("bounded mining supports the paper-variant float32 Head only (model.variant=paper); "
+                             "use the full pass (mining=full) for other heads")
+
+    def mine(self, queries: torch.Tensor, head: Head, positive_rows: torch.Tensor, k: int,
+             dist: Dist) -> HardNegativeMiner:
+        """The K hardest (query, row) pairs of this shard, exactly those of `mine_hard_negatives`."""
+        self._check_head(head)
+        if queries.ndim != 2 or positive_rows.shape != queries.shape[:1]:
+            raise ValueError(f"expected queries (B, E) and positive_rows (B,), got {tuple(queries.shape)} and "
+                             f"{tuple(positive_rows.shape)}")
+        q = queries.detach().float()  # (B, E)
+        n_total = int(dist.all_gather_cat(torch.tensor([self.shard.rows.shape[0]], device=dist.device)).sum())
+        with torch.no_grad():
+            if self.weights is None:
+                return self._full_pass(q, head, positive_rows, k, n_total)
+            miner = HardNegativeMiner(k, positive_rows)
+            first, row_min, slack = self._cached_pass(q, positive_rows, k)  # (≤K,), (N_r,), ()
+            self._evaluate(miner, q, head, first)
+            found = dist.all_gather_cat(miner.values)  # (≤W·K,) exact distances of the pairs found so far
+            threshold = found.sort().values[k - 1] if found.numel() >= k else found.new_tensor(float("inf"))
+            lower = (row_min - slack).clamp_min(0).sqrt() - self._movement(head)  # (N_r,) ≤ ‖q_b − k_n‖, some b
+            candidate = lower <= (threshold + slack).sqrt()
+            candidate[first - self.shard.start] = False
+            rest = candidate.nonzero().squeeze(1) + self.shard.start  # (R − |first|,) ascending global rows
+            evaluated = int(dist.all_gather_cat(torch.tensor([first.numel() + rest.numel()],
+                                                             device=dist.device)).sum())
+            fraction = evaluated / n_total
+            if fraction > self.max_fraction or fraction * self.cycle_steps > self.cycle_cost:
+                return self._full_pass(q, head, positive_rows, k, n_total)
+            self._evaluate(miner, q, head, rest)
+        self.cycle_cost, self.cycle_steps = self.cycle_cost + fraction, self.cycle_steps + 1
+        self.history.append(MiningStep(evaluated, n_total, False))
+        return miner
+
+    def _full_pass(self, q: torch.Tensor, head: Head, positive_rows: torch.Tensor, k: int,
+                   n_total: int) -> HardNegativeMiner:
+        """Head over every row of the shard (as `mine_hard_negatives`), renewing the cache on the way."""
+        shard, ffn = self.shard, head.ffn
+        n_r = shard.rows.shape[0]
+        cache = torch.empty(n_r, head.descriptor_dim, dtype=torch.float16, device=shard.device)
+        input_norm, hidden_norm, rounding = (torch.empty(n_r, device=shard.device) for _ in range(3))
+        miner = HardNegativeMiner(k, positive_rows)
+        for offset, rows in shard.chunks():  # rows (C, F) float32
+            feat, g = shard.split(rows)  # (C, D), (C, E)
+            x = torch.cat([nn.functional.normalize(feat, dim=1) if head.feature_norm else feat, g], 1)  # (C, F)
+            hidden = ffn[1](ffn[0](x))  # (C, H), as Head.forward computes it
+            keys = g + head.scale * ffn[2](hidden)  # (C, E) float32, bit for bit head(feat, g)
+            miner.update(squared_distances(q, keys), offset)
+            local = slice(offset - shard.start, offset - shard.start + rows.shape[0])
+            cache[local] = keys.half()
+            rounding[local] = (keys - cache[local].float()).norm(dim=1)
+            input_norm[local], hidden_norm[local] = x.norm(dim=1), hidden.norm(dim=1)
+        self.cache, self.input_norm, self.hidden_norm, self.rounding = cache, input_norm, hidden_norm, rounding
+        self.cache_norm = cache.float().norm(dim=1) if n_r else input_norm
+        self.weights = [p.detach().clone() for p in (ffn[0].weight, ffn[0].bias, ffn[2].weight, ffn[2].bias)]
+        self.cycle_cost, self.cycle_steps = 1.0, 1
+        self.history.append(MiningStep(n_total, n_total, True))
+        return miner
+
+    def _cached_pass(self, q: torch.Tensor, positive_rows: torch.Tensor,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Distances to the cached descriptors: the rows of the K smallest pairs (ascending, global), each row's
+        smallest squared distance to a query it is a negative of (N_r,), and the rounding slack γ·(‖q‖ + ‖k̃‖)²."""
+        shard, start = self.shard, self.shard.start
+        nearest = HardNegativeMiner(k, positive_rows)
+        row_min = torch.empty(shard.rows.shape[0], device=shard.device)
+        for s in range(0, shard.rows.shape[0], shard.chunk_rows):
+            d2 = squared_distances(q, self.cache[s:s + shard.chunk_rows].float())  # (B, C) float32
+            local = positive_rows - start - s  # (B,)
+            inside = (local >= 0) & (local < d2.shape[1])
+            d2[inside.nonzero().squeeze(1), local[inside]] = float("inf")
+            nearest.update(d2, start + s)
+            row_min[s:s + d2.shape[1]] = d2.min(0).values
+        norms = q.norm(dim=1).max() + (self.cache_norm.max() if self.cache_norm.numel() else 0.0)
+        slack = 2 * q.shape[1] * 2.0 ** -24 * norms ** 2
+        return torch.unique(nearest.rows), row_min, slack
+
+    def _movement(self, head: Head) -> torch.Tensor:
+        """(N_r,) bounds on ‖k_n − k̃_n‖ at the head's current weights: δ_n + r_n + float slack."""
+        ffn = head.ffn
+        w1, b1, w2, b2 = (p.detach() for p in (ffn[0].weight, ffn[0].bias, ffn[2].weight, ffn[2].bias))
+        w1_0, b1_0, w2_0, b2_0 = self.weights
+        if torch.equal(w1, w1_0) and torch.equal(b1, b1_0) and torch.equal(w2, w2_0) and torch.equal(b2, b2_0):
+            delta = torch.zeros_like(self.input_norm)
+        else:
+            delta = head.scale * (spectral_norm(w2) * (spectral_norm(w1 - w1_0) * self.input_norm
+                                                       + float((b1 - b1_0).norm()))
+                                  + spectral_norm(w2 - w2_0) * self.hidden_norm + float((b2 - b2_0).norm()))
+            delta = delta * (1 + 1e-5)  # (N_r,) float32 rounding of this bound itself
+        return delta + self.rounding + DESCRIPTOR_SLACK * (self.cache_norm + 1e-3)
+
+    def _evaluate(self, miner: HardNegativeMiner, q: torch.Tensor, head: Head, rows: torch.Tensor) -> None:
+        """Head over `rows` (R,) ascending global rows of the shard, in chunks; exact distances into `miner`."""
+        for s in range(0, rows.numel(), self.shard.chunk_rows):
+            index = rows[s:s + self.shard.chunk_rows]
+            keys = head(*self.shard.split(self.shard.take(index)))  # (C, E) float32
+            miner.update_rows(squared_distances(q, keys), index.to(q.device))
+
+    def summary(self) -> dict:
+        """Steps, full passes and the mean fraction of rows evaluated per step so far."""
+        steps = len(self.history)
+        mean = sum(h.evaluated / h.rows for h in self.history) / steps if steps else float("nan")
+        return dict(steps=steps, full_passes=sum(h.full for h in self.history), mean_fraction_evaluated=mean)

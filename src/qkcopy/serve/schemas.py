@@ -1,0 +1,73 @@
+"""Request and response bodies of the HTTP API (pydantic), the OpenAPI docs' source of truth."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable kind, e.g. bad_image, unauthorized, overloaded")
+    message: str = Field(description="what was wrong, naming the field or file")
+
+
+class Error(BaseModel):
+    error: ErrorBody
+
+
+class Match(BaseModel):
+    id: int = Field(description="reference id")
+    name: str
+    bank: str
+    metadata: dict
+    score: float = Field(description="−squared L2 between query (Q) and reference (K) descriptors; higher = closer")
+    is_copy: bool | None = Field(description="score ≥ the collection's calibrated threshold (null: no threshold)")
+
+
+class ImageResult(BaseModel):
+    image: str = Field(description="the uploaded file's name")
+    is_copy: bool | None = Field(description="any match is a copy (null: no threshold)")
+    matches: list[Match]
+
+
+class MatchResponse(BaseModel):
+    model: str = Field(description="fingerprint of the model that described the images")
+    threshold: float | None
+    results: list[ImageResult]
+
+
+class Reference(BaseModel):
+    id: int
+    name: str
+    sha256: str
+    bank: str
+    metadata: dict
+    added_at: float
+
+
+class Added(BaseModel):
+    id: int
+    existing: bool = Field(description="true: these exact bytes were already in this bank; nothing was added")
+
+
+class Stats(BaseModel):
+    references: int
+    banks: dict[str, int]
+    model: str
+    dim: int
+    index: str
+    index_params: dict
+    threshold: float | None
+    indexed: int | None = None
+    queue_depth: int
+
+
+class Recent(BaseModel):
+    at: float
+    name: str
+    thumbnail: str = Field(description="data: URL of the query's thumbnail")
+    is_copy: bool | None
+    matches: list[Match]
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,185 @@
+"""The matching service as a library: uploads in, matches out; no web framework here (app.py maps it).
+
+`MatchService` owns the collection, the describer (the loaded model) and the micro-batcher. An upload is
+decoded and checked on the caller's thread (`prepare`: size limit, content sniffing, decompression-bomb
+guard, all in qkcopy.data.images.decode_image), then submitted as a job; the batcher's worker runs Q (or K,
+for new references) over the batch and searches the index once for all of the batch's queries.
+
+Typed errors, each mapped to one HTTP status in app.py: `UploadError` (its `status`: 413 too large, 415 not
+an accepted image, 422 undecodable), `NotFound`, batcher.Overloaded (429), batcher.NotRunning and
+`Timeout` (503).
+
+Letters: B batch, E descriptor dim, k neighbours.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from qkcopy.collection import Collection, MatchRow, NewRef
+from qkcopy.collection.collection import check_bank
+from qkcopy.collection.describe import Describer, Prepared, sha256, thumbnail
+from qkcopy.data.images import ImageError, decode_image
+from qkcopy.serve.batcher import Batcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 20 * 2 ** 20  # per request body
+    max_pixels: int = 40_000_000  # per decoded image
+    max_images: int = 16  # per match request
+    timeout_s: float = 10.0  # waiting for the model
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    queue_size: int = 64
+
+
+class UploadError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Timeout(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    prepared: Prepared
+    sha256: str
+    thumb: bytes
+
+
+@dataclass(frozen=True)
+class _Match:
+    prepared: Prepared
+    k: int
+    bank: str | None
+
+
+@dataclass(frozen=True)
+class _Describe:
+    prepared: Prepared
+
+
+class MatchService:
+    def __init__(self, collection: Collection, describer: Describer, limits: Limits = Limits(),
+                 on_batch=None) -> None:
+        if describer.fingerprint != collection.fingerprint:
+            raise ValueError(f"the model ({describer.fingerprint}) is not the collection's ({collection.fingerprint})")
+        self.collection, self.describer, self.limits = collection, describer, limits
+        self.batcher = Batcher(self._run, limits.max_batch, limits.max_wait_ms / 1000, limits.queue_size, on_batch)
+        self.recent: collections.deque[dict] = collections.deque(maxlen=50)
+        self._recent_lock = threading.Lock()
+
+    def start(self) -> MatchService:
+        self.collection.index()  # load the index before taking traffic
+        self.batcher.start()
+        return self
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.alive and not self.batcher.full
+
+    # --- on the caller's thread ---
+
+    def prepare(self, data: bytes, name: str) -> Upload:
+        """Decode and check one uploaded file (content sniffed, bomb-guarded) into model inputs."""
+        if len(data) > self.limits.max_upload_bytes:
+            raise UploadError(413, f"{name}: {len(data)} bytes is over the limit of {self.limits.max_upload_bytes}")
+        try:
+            img = decode_image(data, name, max_pixels=self.limits.max_pixels)
+        except ImageError as err:
+            reason = err.reason
+            status = (413 if "pixels is over the limit" in reason or "decompression bomb" in reason
+                      else 415 if "identify" in reason or "not accepted" in reason or "empty" in reason else 422)
+            raise UploadError(status, str(err)) from err
+        return Upload(name, self.describer.prepare(img), sha256(data), thumbnail(img))
+
+    def submit_match(self, upload: Upload, k: int, bank: str | None) -> Future:
+        if bank is not None:
+            check_bank(bank)
+        if not 1 <= k <= 100:
+            raise ValueError(f"k must be in 1..100, got {k}")
+        return self.batcher.submit(_Match(upload.prepared, k, bank))
+
+    def submit_describe(self, upload: Upload) -> Future:
+        return self.batcher.submit(_Describe(upload.prepared))
+
+    def add(self, upload: Upload, vector: np.ndarray, bank: str, meta: dict, name: str | None = None):
+        """Commit a described upload as a reference (blocking: SQLite fsync); returns store.Added."""
+        check_bank(bank)
+        ref = NewRef(name or upload.name, upload.sha256, bank, meta, vector, upload.thumb)
+        return self.collection.add([ref])[0]
+
+    def remember(self, uploads: Sequence[Upload], results: Sequence[list[MatchRow]]) -> None:
+        """Keep the latest matches (with the query's thumbnail) for the review page."""
+        with self._recent_lock:
+            for upload, matches in zip(uploads, results):
+                self.recent.appendleft(dict(
+                    at=time.time(), name=upload.name,
+                    thumbnail="data:image/jpeg;base64," + base64.b64encode(upload.thumb).decode(),
+                    is_copy=any(m.is_copy for m in matches) if self.collection.threshold else None,
+                    matches=[dict(id=m.id, name=m.name, bank=m.bank, metadata=m.metadata, score=m.score,
+                                  is_copy=m.is_copy) for m in matches[:5]]))
+
+    # --- on the batcher's worker thread ---
+
+    def _run(self, jobs: Sequence[_Match | _Describe]) -> list:
+        results: list = [None] * len(jobs)
+        for side, kind in (("query", _Match), ("reference", _Describe)):
+            rows = [i for i, j in enumerate(jobs) if isinstance(j, kind)]
+            if not rows:
+                continue
+            vectors = self.describer.describe(side, [jobs[i].prepared for i in rows])  # (B, E)
+            if kind is _Describe:
+                for i, v in zip(rows, vectors):
+                    results[i] = v
+                continue
+            groups: dict[tuple, list[int]] = collections.defaultdict(list)  # one search per (k, bank)
+            for r, i in enumerate(rows):
+                groups[(jobs[i].k, jobs[i].bank)].append(r)
+            for (k, bank), members in groups.items():
+                try:
+                    found = self.collection.search(vectors[members], k, bank)
+                except Exception as err:  # e.g. the database went away: those jobs fail, not the worker
+                    found = [err] * len(members)
+                for r, matches in zip(members, found):
+                    results[rows[r]] = matches
+        return results
+
+
+def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits()) -> MatchService:
+    """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint)."""
+    from qkcopy.model.trained import load_trained
+
+    collection = Collection.open(collection_dir)
+    model = model or collection.model_path
+    if model is None:
+        raise ValueError(f"{collection_dir} records no model path; pass --model")
+    trained = load_trained(model, device)
+    if trained.fingerprint != collection.fingerprint:
+        collection.close()
+        raise ValueError(f"{model} is model {trained.fingerprint}, but {collection_dir} holds references of model "
+                         f"{collection.fingerprint}; serve it with that model or re-embed into a new collection")
+    return MatchService(collection, Describer(trained), limits)

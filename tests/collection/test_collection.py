@@ -1,0 +1,153 @@
+"""The collection: the database is the truth, the index a cache that always agrees with it."""
+
+import numpy as np
+import pytest
+
+from qkcopy.collection import Collection, NewRef
+from qkcopy.collection.store import DB_NAME, Store, StoreError
+from qkcopy.retrieval.index import FingerprintMismatch
+
+E = 8
+
+
+def _refs(n, seed=0, bank="default", prefix="r"):
+    rng = np.random.default_rng(seed)
+    return [NewRef(f"{prefix}{i}.jpg", f"{prefix}-{seed}-{i}", bank, {"i": i}, rng.normal(size=E).astype(np.float32))
+            for i in range(n)]
+
+
+def _brute(refs_by_id, q, k):
+    ids = sorted(refs_by_id, key=lambda i: (float(((refs_by_id[i] - q) ** 2).sum()), i))
+    return ids[:k]
+
+
+@pytest.fixture
+def coll(tmp_path):
+    c = Collection.create(tmp_path / "c", "fp0", E, threshold=-1.0)
+    yield c
+    c.close()
+
+
+def test_add_search_remove_match_a_brute_force_search(coll):
+    refs = _refs(50)
+    added = coll.add(refs)
+    assert [a.id for a in added] == list(range(1, 51)) and not any(a.existing for a in added)
+    by_id = {a.id: r.vector for a, r in zip(added, refs)}
+    q = np.random.default_rng(1).normal(size=(3, E)).astype(np.float32)
+    rows = coll.search(q, k=5)
+    for qi, matches in enumerate(rows):
+        assert [m.id for m in matches] == _brute(by_id, q[qi], 5)
+        d = ((by_id[matches[0].id] - q[qi]) ** 2).sum()
+        assert matches[0].score == pytest.approx(-d, rel=1e-5)
+        assert matches[0].is_copy == (matches[0].score >= -1.0)
+        assert matches[0].metadata == {"i": matches[0].id - 1} and matches[0].name == f"r{matches[0].id - 1}.jpg"
+    assert coll.remove([3, 4, 999]) == [3, 4]
+    del by_id[3], by_id[4]
+    assert [m.id for m in coll.search(q, k=5)[0]] == _brute(by_id, q[0], 5)
+    assert coll.check()["consistent"] and coll.check()["index"] == 48
+    assert coll.get(3) is None and coll.get(5).name == "r4.jpg"
+
+
+def test_exact_re_add_returns_the_existing_id_per_bank(coll):
+    first = coll.add(_refs(3))
+    again = coll.add(_refs(3))
+    assert [a.id for a in again] == [a.id for a in first] and all(a.existing for a in again)
+    other_bank = coll.add(_refs(3, bank="b2"))
+    assert not any(a.existing for a in other_bank)
+    assert coll.stats()["banks"] == {"b2": 3, "default": 3}
+
+
+def test_bank_filter_only_returns_that_bank(coll):
+    coll.add(_refs(20, seed=0, bank="a", prefix="a"))
+    b = coll.add(_refs(20, seed=1, bank="b", prefix="b"))
+    q = np.random.default_rng(2).normal(size=(4, E)).astype(np.float32)
+    rows = coll.search(q, k=7, bank="b")
+    assert all(len(m) == 7 and {x.bank for x in m} == {"b"} for m in rows)
+    by_id = {a.id: r.vector for a, r in zip(b, _refs(20, seed=1, bank="b", prefix="b"))}
+    assert [m.id for m in rows[0]] == _brute(by_id, q[0], 7)
+    assert coll.search(q, k=3, bank="nope") == [[], [], [], []]
+    with pytest.raises(ValueError, match="bank name"):
+        coll.search(q, bank="")
+    with pytest.raises(ValueError, match="k must be"):
+        coll.search(q, k=0)
+
+
+def test_snapshot_then_changes_are_replayed_on_reopen(tmp_path):
+    root = tmp_path / "c"
+    with Collection.create(root, "fp0", E) as c:
+        c.add(_refs(30))
+        c.search(np.zeros((1, E), np.float32))  # load the index
+        assert c.snapshot() == 30
+        c.add(_refs(5, seed=9))
+        c.remove([1, 2, 33])
+        expect = c.search(np.ones((1, E), np.float32), k=10)
+    with Collection.open(root, "fp0") as c:
+        index = c.index()
+        assert index.seq == 38 and len(index) == 32  # snapshot at 30 + 8 changes replayed
+        assert c.check() == dict(database=32, index=32, missing=[], extra=[], consistent=True)
+        assert c.search(np.ones((1, E), np.float32), k=10) == expect
+
+
+def test_a_corrupt_or_foreign_snapshot_is_rebuilt_from_the_database(tmp_path):
+    root = tmp_path / "c"
+    with Collection.create(root, "fp0", E) as c:
+        c.add(_refs(10))
+        c.snapshot()
+    (root / "cache" / "index.faiss").write_bytes(b"garbage")
+    with Collection.open(root) as c:
+        assert c.check()["consistent"] and len(c.index()) == 10
+
+
+def test_two_handles_share_one_collection_and_a_cut_log_forces_a_rebuild(tmp_path):
+    root = tmp_path / "c"
+    server = Collection.create(root, "fp0", E)
+    server.add(_refs(5))
+    assert len(server.index()) == 5
+    writer = Collection.open(root)
+    writer.add(_refs(5, seed=3))
+    assert len(server.index()) == 10  # caught up from the change log
+    writer.remove([1])
+    writer.snapshot()  # cuts the log past the server's position
+    writer.add(_refs(2, seed=4))
+    assert server.check()["consistent"] and len(server.index()) == 11
+    server.close(), writer.close()
+
+
+def test_a_mismatched_model_is_refused(tmp_path):
+    Collection.create(tmp_path / "c", "fp0", E).close()
+    with pytest.raises(FingerprintMismatch, match="fp0"):
+        Collection.open(tmp_path / "c", "fp1")
+    with pytest.raises(FileExistsError):
+        Collection.create(tmp_path / "c", "fp0", E)
+    with pytest.raises(FileNotFoundError, match="not a qkcopy collection"):
+        Collection.open(tmp_path / "nothing")
+
+
+def test_bad_vectors_and_a_newer_schema_are_refused(tmp_path, coll):
+    bad = NewRef("x", "h", "default", {}, np.full(E, np.nan, np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        coll.add([bad])
+    assert coll.stats()["references"] == 0  # the transaction rolled back
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "new.db")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(tmp_path / "new.db")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_ivf_reindex_keeps_ids_banks_and_consistency(tmp_path, kind):
+    with Collection.create(tmp_path / "c", "fp0", E) as c:
+        refs = _refs(600) + _refs(100, seed=5, bank="b", prefix="b")
+        c.add(refs)
+        c.reindex(kind, nlist=8, nprobe=8, m=4)
+        assert c.stats()["index"] == kind and c.check()["consistent"]
+        c.remove([10, 650])
+        c.add(_refs(3, seed=6))
+        assert c.check() == dict(database=701, index=701, missing=[], extra=[], consistent=True)
+        rows = c.search(refs[0].vector[None], k=5, bank="b")
+        assert {m.bank for m in rows[0]} == {"b"}
+    with Collection.open(tmp_path / "c") as c:  # from the snapshot, the type pinned
+        assert c.index().kind == kind and c.check()["consistent"]
+        assert c.search(refs[1].vector[None], k=1)[0][0].id == 2
