@@ -25,7 +25,7 @@ def _log(run_dir, name):
     return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
-@pytest.mark.parametrize("full_freeze", [False, True])
+@pytest.mark.parametrize("full_freeze", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_bounded_mining_trains_exactly_like_the_full_pass(images, tmp_path, full_freeze):
     extra = [f"schedule.full_freeze={str(full_freeze).lower()}"]
     train(load_config("cpu", TINY + extra + ["mining=full"]), images, tmp_path / "full")
@@ -34,7 +34,8 @@ def test_bounded_mining_trains_exactly_like_the_full_pass(images, tmp_path, full
     assert [r["segment"] for r in bounded] == ["Q1"] * 4 + ["K1"] * 4
     for key in ("loss", "loss_pos", "loss_neg", "d2_neg_min", "d2_neg_max"):
         assert [r[key] for r in bounded] == [r[key] for r in full], key
-    want, got = (load_file(tmp_path / d / "checkpoints" / "latest" / "weights.safetensors") for d in ("full", "bounded"))
+    want, got = (load_file(tmp_path / d / "checkpoints" / "latest" / "weights.safetensors")
+                 for d in ("full", "bounded"))
     assert want.keys() == got.keys() and all(torch.equal(got[k], want[k]) for k in want)
     mining = _log(tmp_path / "bounded", "mining_log.jsonl")
     assert len(mining) == 8 and mining[0]["full"] and mining[4]["full"]  # each phase starts with a full pass
