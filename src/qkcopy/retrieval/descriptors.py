@@ -16,6 +16,7 @@ from typing import Sequence
 
 import h5py
 import numpy as np
+from qkcopy.errors import DescriptorError
 from qkcopy.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,17 @@ def read_isc_h5(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 file ({err})") from None
+        raise DescriptorError(f"{path} is not a readable HDF5 file ({err})", path) from None
     with f:
         missing = [k for k in (VECTORS, IMAGE_NAMES) if k not in f]
         if missing:
-            raise ValueError(f"{path} lacks dataset(s) {missing}; found {sorted(f.keys())} "
-                             f"(an ISC2021 descriptor file holds '{VECTORS}' and '{IMAGE_NAMES}')")
-        vectors = np.asarray(f[VECTORS][()])
-        raw = f[IMAGE_NAMES][()]
+            raise DescriptorError(f"{path} lacks dataset(s) {missing}; found {sorted(f.keys())} "
+                                  f"(an ISC2021 descriptor file holds '{VECTORS}' and '{IMAGE_NAMES}')", path)
+        try:
+            vectors = np.asarray(f[VECTORS][()])
+            raw = f[IMAGE_NAMES][()]
+        except (OSError, TypeError, ValueError) as err:  # a truncated or damaged dataset
+            raise DescriptorError(f"{path}: damaged descriptor file ({err}); embed the images again", path) from None
     if vectors.dtype.kind != "f":
         raise ValueError(f"{path}: '{VECTORS}' must be floating point, got {vectors.dtype}")
     ids = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in np.asarray(raw).ravel()]
@@ -86,8 +90,15 @@ def read_npy(dir_or_prefix: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     for p in (npy, txt):
         if not p.is_file():
             raise FileNotFoundError(f"no such descriptor file: {p}")
-    vectors = np.load(npy, allow_pickle=False)
-    ids = txt.read_text(encoding="utf-8").splitlines()
+    try:
+        vectors = np.load(npy, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:  # truncated, damaged, or an object array
+        raise DescriptorError(f"{npy}: damaged descriptor file ({type(err).__name__}: {err}); embed the images "
+                              "again with `qkcopy embed`", npy) from None
+    try:
+        ids = txt.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DescriptorError(f"{txt}: damaged id list (not UTF-8 text)", txt) from None
     if vectors.dtype != np.float32:
         raise ValueError(f"{npy}: expected float32 vectors, got {vectors.dtype}")
     return _check(ids, vectors, source=str(npy)), vectors
