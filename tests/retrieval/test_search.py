@@ -101,7 +101,7 @@ def test_refusals(tiny_run, other_tiny_run, tiny_benchmark, tmp_path, capsys):
               "--out", str(tmp_path / "r.txt")], capsys, "must end in .csv or .json")
     write_npy(tmp_path / "small", ["a", "b"], np.zeros((2, 128), np.float32))
     _refused(["index", "--model", str(tiny_run), "--descriptors", str(tmp_path / "small.npy"), "--out",
-              str(tmp_path / "s")], capsys, "holds 128-d descriptors but the model makes 256-d")
+              str(tmp_path / "s"), "--allow-missing-meta"], capsys, "holds 128-d descriptors but the model makes 256-d")
     _ok(["embed", "--model", str(tiny_run), "--images", str(queries), "--side", "query", "--out", str(tmp_path / "q")])
     _refused(["index", "--model", str(tiny_run), "--descriptors", str(tmp_path / "q.h5"), "--out",
               str(tmp_path / "s")], capsys, "holds query descriptors")
