@@ -33,7 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         return q
 
     def add_options(q, model_required):
-        q.add_argument("images", nargs="*", type=Path, help="image files or folders (searched recursively)")
+        if model_required:  # create: images are optional, so an option (a "*" positional after options is lost)
+            q.add_argument("--add", dest="images", action="append", type=Path, default=[], metavar="PATH",
+                           help="image file or folder to add right away (repeatable)")
+        else:
+            q.add_argument("images", nargs="+", type=Path, help="image files or folders (searched recursively)")
         q.add_argument("--model", type=Path, required=model_required,
                        help="run directory" + ("" if model_required else " [the collection's model]"))
         q.add_argument("--bank", default="default", help="bank the references go into [default]")
@@ -107,8 +111,6 @@ def _create(args) -> int:
 def _add(args) -> int:
     from qkcopy.collection import Collection
 
-    if not args.images:
-        raise ValueError("give image files or folders to add")
     with Collection.open(args.collection) as coll:
         _add_images(coll, args)
     return 0

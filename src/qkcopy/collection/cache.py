@@ -210,6 +210,9 @@ class IndexCache:
         """The snapshot in `directory`, or None when there is none or it is not this collection's."""
         directory = Path(directory)
         recover_dir(directory)
+        if not (directory / "meta.json").is_file():
+            log.info("no index snapshot in %s yet; building the index from the database", directory)
+            return None
         try:
             meta = json.loads((directory / "meta.json").read_text())
             if (meta.get("format"), meta.get("fingerprint"), meta.get("dim"), meta.get("kind")) != \
