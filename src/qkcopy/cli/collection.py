@@ -47,7 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = action("create", "create a collection pinned to a model (and threshold); optionally add images", _create)
     add_options(q, True)
-    q.add_argument("--threshold", help="threshold.json from `qkcopy eval` (or its folder), or a score [none]")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--threshold", help="threshold.json from `qkcopy eval` (or its folder), or a score [none]")
+    how.add_argument("--calibrate", type=Path, metavar="BENCHMARK",
+                     help="calibrate the threshold on this benchmark now (as `qkcopy eval`; the calibration is "
+                          "kept in COLLECTION/calibration)")
     add_options(action("add", "add reference images (exact re-adds are recognised)", _add), False)
     q = action("remove", "remove references by id", _remove)
     q.add_argument("ids", nargs="+", type=int, help="reference ids")
@@ -97,8 +101,18 @@ def _create(args) -> int:
     from qkcopy.model.trained import load_trained
     from qkcopy.retrieval.calibrate import load_threshold
 
-    trained = load_trained(args.model, "cpu")
+    trained = load_trained(args.model, args.device)
+    if (args.collection / "collection.db").exists():
+        raise FileExistsError(f"{args.collection} already holds a collection; add to it with `qkcopy collection add`")
     threshold = load_threshold(args.threshold, trained.fingerprint) if args.threshold else None
+    if args.calibrate:
+        from qkcopy.data.benchmark import load_benchmark
+        from qkcopy.retrieval.calibrate import calibrate
+
+        cal = calibrate(trained, load_benchmark(args.calibrate), args.collection / "calibration", workers=0)
+        threshold = cal.threshold
+        print(f"calibrated on {args.calibrate}: µAP {cal.metrics.micro_ap:.3f}; threshold {threshold.score:.4g} "
+              f"(precision {threshold.precision:.3f}, recall {threshold.recall:.3f})")
     with Collection.create(args.collection, trained.fingerprint, trained.cfg.model.descriptor_dim, args.model,
                            threshold) as coll:
         print(f"collection {args.collection}: model {coll.fingerprint}, threshold "
