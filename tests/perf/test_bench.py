@@ -40,6 +40,22 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     assert "| 40 |" in printed and "| 80 |" in printed and str(out) in printed
 
 
+def test_bench_sequence_of_bounded_steps(tmp_path, capsys):
+    """--no-full-pass leaves only the run of bounded-miner QK steps against SimCLR-style steps."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--no-memory", "--no-full-pass", "--sequence-steps", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["sizes"]
+    for row in rows:
+        assert not ROW_FIELDS - {"n", "chunk_rows"} & set(row)
+        seq = row["sequence"]
+        assert seq["steps"] == 3 and len(seq["qk_bounded_times"]) == len(seq["simclr_times"]) == 3
+        assert seq["full_passes"] >= 1 and len(seq["fractions_evaluated"]) == 3
+        assert seq["fractions_evaluated"][0] == 1.0 and all(0 < f <= 1 for f in seq["fractions_evaluated"])
+        assert _positive(seq["qk_bounded_over_simclr"]) and _positive(seq["mean_fraction_evaluated"])
+    printed = capsys.readouterr().out
+    assert "exact bounded mining" in printed and "| 80 | 3 |" in printed
+
+
 @pytest.mark.slow
 def test_bench_memory_and_world_scaling():
     threads_before = torch.get_num_threads()

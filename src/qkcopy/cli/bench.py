@@ -22,8 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (1 gives steadier figures on a busy "
                                                           "machine); 0 keeps torch's default [0]")
     p.add_argument("--no-memory", action="store_true", help="skip the per-size peak memory runs")
+    p.add_argument("--no-full-pass", action="store_true", help="skip the bank pass and full-pass QK step timings")
+    p.add_argument("--sequence-steps", type=int, default=20,
+                   help="QK steps with the exact bounded miner, alternating with SimCLR-style steps; 0 skips [20]")
     p.add_argument("--world", type=int, nargs="*", default=[], help="also time the sharded step under these "
                                                                     "numbers of gloo processes, e.g. 1 2")
+    p.add_argument("--bank-write", type=int, nargs="+", metavar="N",
+                   help="only this: stream banks of N synthetic rows to a file, time and peak memory per size")
+    p.add_argument("--bank-dir", type=Path, help="folder for the --bank-write files [the system's temporary folder]")
     p.add_argument("--out", type=Path, help="write the measurements as JSON here")
     p.set_defaults(func=run)
 
@@ -31,13 +37,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkcopy.perf.runner import BenchConfig, format_tables, run_bench
 
+    if args.bank_write:
+        return _bank_write(args)
     cfg = BenchConfig(sizes=tuple(args.sizes), device=args.device, batch=args.batch, image_size=args.image_size,
                       backbone=args.backbone, chunk_rows=args.chunk_rows, repeats=args.repeats,
                       embed_images=args.embed_images, workers=args.workers, memory=not args.no_memory,
-                      world=tuple(args.world), threads=args.threads)
+                      world=tuple(args.world), threads=args.threads, full_pass=not args.no_full_pass,
+                      sequence_steps=args.sequence_steps)
     result = run_bench(cfg)
     print(format_tables(result))
     if args.out is not None:
         atomic_write_json(args.out, result)
+        print(f"measurements → {args.out}")
+    return 0
+
+
+def _bank_write(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from qkcopy.perf.bank_write import bank_write
+
+    folder = args.bank_dir or Path(tempfile.gettempdir())
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--bank-dir {folder} is not a folder")
+    rows = [bank_write(n, folder) for n in args.bank_write]
+    print("| N rows | file GB | write s | MB/s | resident before MB | peak above that MB |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['file_bytes'] / 1e9:.2f} | {r['seconds']:.1f} | {r['bytes_per_s'] / 1e6:.0f} | "
+              f"{r['resident_before_bytes'] / 1e6:.0f} | {r['peak_above_before_bytes'] / 1e6:.0f} |")
+    if args.out is not None:
+        atomic_write_json(args.out, dict(bank_write=rows))
         print(f"measurements → {args.out}")
     return 0

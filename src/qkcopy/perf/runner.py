@@ -31,6 +31,7 @@ from qkcopy.perf.steps import (BenchConfig, bank_pass, embedding_throughput, hea
                                 memory_bandwidth, peak_flops, qk_step, saved_for_backward_bytes, simclr_step,
                                 step_memory, timed)
 from qkcopy.distributed import init, shard_range
+from qkcopy.perf.sequence import bounded_sequence
 from qkcopy.qk.bank import BankShard
 from qkcopy.qk.step import colearn_loss
 from qkcopy.qk.loss import LossConfig
@@ -120,23 +121,11 @@ def _measure(cfg: BenchConfig, device: torch.device) -> dict:
         parts = make_parts(cfg, n, device)
         with torch.no_grad():
             queries = parts.q(parts.pixels, parts.g256).float()  # (B, E)
-        head = parts.k.head
-        bank_bytes = parts.bank.rows.numel() * 2
-        flops = n * (head_flops_per_row(head) + 2 * cfg.batch * head.descriptor_dim)
-        fp32, bf16 = timed([bank_pass(parts, queries, device), bank_pass(parts, queries, device, torch.bfloat16)],
-                           cfg.repeats, device)
-        pass_s = statistics.median(fp32)
-        qk, qk_bf16, simclr = timed([qk_step(parts, device), qk_step(parts, device, mining_dtype=torch.bfloat16),
-                                     simclr_step(parts, device)], cfg.repeats, device)
-        row = dict(n=n, chunk_rows=parts.chunk_rows, bank_bytes=bank_bytes, bank_pass_s=pass_s,
-                   bank_pass_bf16_s=statistics.median(bf16),
-                   bandwidth_floor_s=bank_bytes / bandwidth, flop_floor_s=flops / peak,
-                   over_bandwidth_floor=pass_s * bandwidth / bank_bytes, over_flop_floor=pass_s * peak / flops,
-                   qk_step_s=statistics.median(qk), qk_bf16_mining_step_s=statistics.median(qk_bf16),
-                   simclr_step_s=statistics.median(simclr), qk_times=qk, qk_bf16_mining_times=qk_bf16,
-                   simclr_times=simclr, qk_over_simclr=statistics.median(a / b for a, b in zip(qk, simclr)),
-                   qk_bf16_mining_over_simclr=statistics.median(a / b for a, b in zip(qk_bf16, simclr)),
-                   saved_for_backward_bytes=saved_for_backward_bytes(parts, device))
+        row = dict(n=n, chunk_rows=parts.chunk_rows)
+        if cfg.full_pass:
+            row.update(_full_pass_figures(cfg, parts, queries, device, bandwidth, peak))
+        if cfg.sequence_steps:
+            row["sequence"] = bounded_sequence(parts, device, cfg.sequence_steps, cfg.seed + 1)
         if cfg.memory:
             del parts
             row.update({k: v for k, v in (memory_in_fresh_process(cfg, n) if device.type == "cpu"
@@ -150,23 +139,54 @@ def _measure(cfg: BenchConfig, device: torch.device) -> dict:
                 embed=embed, world=world)
 
 
+def _full_pass_figures(cfg: BenchConfig, parts, queries: torch.Tensor, device: torch.device, bandwidth: float,
+                       peak: float) -> dict:
+    """The bank pass against its floors, and the full-pass QK steps (fp32, bf16 mining) against SimCLR."""
+    n = len(parts.bank)
+    head = parts.k.head
+    bank_bytes = parts.bank.rows.numel() * 2
+    flops = n * (head_flops_per_row(head) + 2 * cfg.batch * head.descriptor_dim)
+    fp32, bf16 = timed([bank_pass(parts, queries, device), bank_pass(parts, queries, device, torch.bfloat16)],
+                       cfg.repeats, device)
+    pass_s = statistics.median(fp32)
+    qk, qk_bf16, simclr = timed([qk_step(parts, device), qk_step(parts, device, mining_dtype=torch.bfloat16),
+                                 simclr_step(parts, device)], cfg.repeats, device)
+    return dict(bank_bytes=bank_bytes, bank_pass_s=pass_s, bank_pass_bf16_s=statistics.median(bf16),
+                bandwidth_floor_s=bank_bytes / bandwidth, flop_floor_s=flops / peak,
+                over_bandwidth_floor=pass_s * bandwidth / bank_bytes, over_flop_floor=pass_s * peak / flops,
+                qk_step_s=statistics.median(qk), qk_bf16_mining_step_s=statistics.median(qk_bf16),
+                simclr_step_s=statistics.median(simclr), qk_times=qk, qk_bf16_mining_times=qk_bf16,
+                simclr_times=simclr, qk_over_simclr=statistics.median(a / b for a, b in zip(qk, simclr)),
+                qk_bf16_mining_over_simclr=statistics.median(a / b for a, b in zip(qk_bf16, simclr)),
+                saved_for_backward_bytes=saved_for_backward_bytes(parts, device))
+
+
 def format_tables(result: dict) -> str:
     """The measurements as plain-text (Markdown) tables; GB = 1e9 bytes, MB = 1e6 bytes."""
     f, m, e = result["floors"], result["machine"], result["embed"]
     lines = [f"device {m['device']}, {m['threads']} threads; load {m['load_before'][0]:.1f} before, "
              f"{m['load_after'][0]:.1f} after; copy bandwidth {f['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
-             f"fp32 matmul {f['fp32_flop_per_s'] / 1e9:.0f} GFLOP/s", "",
-             "| N | chunk | bank pass s | ÷ bandwidth floor | ÷ FLOP floor | bf16 pass s | kept for backward MB "
-             "| step peak MB |", "|" + "---|" * 8]
-    for r in result["sizes"]:
+             f"fp32 matmul {f['fp32_flop_per_s'] / 1e9:.0f} GFLOP/s", ""]
+    full = [r for r in result["sizes"] if "bank_pass_s" in r]
+    if full:
+        lines += ["| N | chunk | bank pass s | ÷ bandwidth floor | ÷ FLOP floor | bf16 pass s | kept for backward MB "
+                  "| step peak MB |", "|" + "---|" * 8]
+    for r in full:
         peak = f"{r['step_peak_bytes'] / 1e6:.0f}" if "step_peak_bytes" in r else "–"
         lines.append(f"| {r['n']:,} | {r['chunk_rows']} | {r['bank_pass_s']:.2f} | {r['over_bandwidth_floor']:.0f} | "
                      f"{r['over_flop_floor']:.2f} | {r['bank_pass_bf16_s']:.2f} | "
                      f"{r['saved_for_backward_bytes'] / 1e6:.1f} | {peak} |")
     lines += ["", "| N | QK step s | QK step, bf16 mining s | SimCLR step s | QK/SimCLR | QK bf16 mining/SimCLR |",
-              "|" + "---|" * 6]
+              "|" + "---|" * 6] if full else []
     lines += [f"| {r['n']:,} | {r['qk_step_s']:.2f} | {r['qk_bf16_mining_step_s']:.2f} | {r['simclr_step_s']:.2f} "
-              f"| {r['qk_over_simclr']:.2f} | {r['qk_bf16_mining_over_simclr']:.2f} |" for r in result["sizes"]]
+              f"| {r['qk_over_simclr']:.2f} | {r['qk_bf16_mining_over_simclr']:.2f} |" for r in full]
+    seq = [(r["n"], r["sequence"], r.get("step_peak_bytes")) for r in result["sizes"] if "sequence" in r]
+    if seq:
+        lines += ["", "| N | steps | full passes | rows evaluated per step | QK step, exact bounded mining s "
+                  "| SimCLR step s | QK bounded/SimCLR | step peak MB |", "|" + "---|" * 8]
+        lines += [f"| {n:,} | {s['steps']} | {s['full_passes']} | {100 * s['mean_fraction_evaluated']:.2f} % "
+                  f"| {s['qk_bounded_step_s']:.2f} | {s['simclr_step_s']:.2f} | {s['qk_bounded_over_simclr']:.2f} "
+                  f"| {'–' if peak is None else f'{peak / 1e6:.0f}'} |" for n, s, peak in seq]
     lines += ["", f"embedding {e['images']} JPEGs: {e['embed_images_per_s']:.1f} img/s through embed_paths, "
               f"{e['forward_images_per_s']:.1f} img/s bare model forward (batch {result['config']['batch']})"]
     if result["world"]:

@@ -46,6 +46,8 @@ class BenchConfig:
     memory: bool = True  # peak memory per size (a fresh process per size on the CPU)
     world: tuple[int, ...] = ()  # gloo process counts for the sharded-step scaling; () skips it
     threads: int = 0  # torch threads; 0 keeps torch's default
+    full_pass: bool = True  # time the bank pass and the full-pass QK steps (slow at 1M rows on a CPU)
+    sequence_steps: int = 20  # bounded-miner QK steps vs SimCLR-style steps in a run (perf.sequence); 0 skips
     seed: int = 0
 
 

@@ -12,6 +12,7 @@ bank that looks valid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qkcopy.distributed import shard_range
+from qkcopy.distributed import Dist, shard_range
 from qkcopy.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -165,28 +166,66 @@ def auto_chunk_rows(device: torch.device, batch: int, width: int, hidden: int, d
     return min(CPU_CHUNK_ROWS, choose_chunk_rows(available, batch, width, hidden, descriptor_dim))
 
 
-def write_bank(path: str | Path, header: BankHeader, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Bank:
-    """Write a bank from (row_index (b,) int64, rows (b, F)) batches covering every row exactly once."""
-    path = Path(path)
+def _shared_name(path: Path | None, dist: Dist) -> Path:
+    """Rank 0's `path` on every rank (its bytes all-gathered; the other ranks pass None)."""
+    data = torch.tensor(list(str(path).encode()) if dist.is_main else [], dtype=torch.uint8, device=dist.device)
+    return Path(bytes(dist.all_gather_cat(data).cpu().tolist()).decode())
+
+
+def _write_runs(fd: int, offset: int, row_bytes: int, index: np.ndarray, rows: np.ndarray) -> None:
+    """pwrite rows (b, F) fp16 at rows `index` (b,), one call per run of consecutive rows."""
+    order = np.argsort(index, kind="stable")
+    index, rows = index[order], rows[order]
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    for lo, hi in zip([0, *breaks], [*breaks, len(index)]):
+        os.pwrite(fd, rows[lo:hi].tobytes(), offset + int(index[lo]) * row_bytes)
+
+
+def write_bank(path: str | Path, header: BankHeader, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+               dist: Dist | None = None) -> Bank:
+    """Write a bank from (row_index (b,) int64, rows (b, F)) batches, streamed to the file as they come.
+
+    Under torchrun every rank passes the batches it computed (together covering every row exactly once) and
+    writes them into the one file itself, so no rank holds more than a batch: memory is flat in N. Rank 0
+    creates the file under a temporary name (`io.atomic_path`) that the others learn from it; it is renamed
+    onto `path` only after every row is written, else removed.
+    """
+    path, dist = Path(path), dist or Dist()
     header_bytes = json.dumps(asdict(header)).encode()
-    offset = _data_offset(header_bytes)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + len(header_bytes).to_bytes(8, "little") + header_bytes)
-            f.write(b"\0" * (offset - f.tell()))
-            f.truncate(offset + header.n_rows * header.width * 2)
-        array = np.memmap(tmp, dtype=np.float16, mode="r+", offset=offset, shape=(header.n_rows, header.width))
+    offset, row_bytes = _data_offset(header_bytes), header.width * 2
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(path)) if dist.is_main else None
+        if dist.is_main:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + len(header_bytes).to_bytes(8, "little") + header_bytes)
+                f.write(b"\0" * (offset - f.tell()))
+                f.truncate(offset + header.n_rows * row_bytes)
+        tmp = _shared_name(tmp, dist)
+        dist.barrier()
         filled = np.zeros(header.n_rows, dtype=bool)
-        for index, rows in batches:
-            if rows.ndim != 2 or rows.shape[1] != header.width:
-                raise ValueError(f"expected rows (b, {header.width}), got {tuple(rows.shape)}")
-            index = index.cpu().numpy()
-            array[index] = rows.detach().to("cpu", torch.float16).numpy()
-            filled[index] = True
-        if not filled.all():
-            missing = np.flatnonzero(~filled)
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            for index, rows in batches:
+                if rows.ndim != 2 or rows.shape[1] != header.width or index.shape != rows.shape[:1]:
+                    raise ValueError(f"expected index (b,) and rows (b, {header.width}), got "
+                                     f"{tuple(index.shape)} and {tuple(rows.shape)}")
+                index = index.cpu().numpy()
+                if index.size and (index.min() < 0 or index.max() >= header.n_rows):
+                    raise ValueError(f"bank {path}: row ids must lie in 0 … {header.n_rows - 1}")
+                _write_runs(fd, offset, row_bytes, index, rows.detach().to("cpu", torch.float16).numpy())
+                filled[index] = True
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        counts = dist.all_gather_cat(torch.tensor([int(filled.sum())], device=dist.device)).cpu()  # (W,)
+        packed = torch.from_numpy(np.packbits(filled)).to(dist.device)
+        union = dist.all_gather_cat(packed[None]).cpu().numpy()  # (W, ⌈N/8⌉)
+        covered = np.unpackbits(np.bitwise_or.reduce(union, axis=0), count=header.n_rows).astype(bool)
+        if not covered.all():
+            missing = np.flatnonzero(~covered)
             raise ValueError(f"bank {path}: {missing.size} rows never written (first: {missing[:5].tolist()})")
-        array.flush()
-        del array
+        if int(counts.sum()) != header.n_rows:
+            raise ValueError(f"bank {path}: {int(counts.sum()) - header.n_rows} rows written by two ranks")
+    dist.barrier()  # rank 0 has renamed the file
     log.info("wrote bank %s: %d rows × %d (%s side)", path, header.n_rows, header.width, header.side)
     return Bank.open(path)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from qkcopy import checkpoint as ckpt
 from qkcopy.config import TrainConfig, lr_at, phase_steps
 from qkcopy.data.training import BANK_STREAM, PhaseBatches, TrainImages, query_seed
-from qkcopy.distributed import ShardedBatches, gather_rows, shard_range
+from qkcopy.distributed import ShardedBatches, shard_range
 from qkcopy.model.descriptor import init_heads_from_pca, param_fingerprint
 from qkcopy.qk.bank import Bank, BankHeader, BankShard, StaleBankError, auto_chunk_rows, write_bank
 from qkcopy.seeds import derive_seed
@@ -75,19 +75,17 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
     header = BankHeader(n_rows=n, feature_dim=run.feature_dim, gist_dim=run.gist_dim, model_hash=model_hash,
                         data_hash=data_hash, side=bank_side)
     frozen.eval()
-    index_parts, row_parts = [], []
-    with torch.no_grad():
-        for index, pixels, gist_pixels in tqdm(loader, desc=f"bank {bank_side} (phase {phase + 1})",
-                                               unit="batch", leave=False, disable=not run.is_main):
-            pixels, gist_pixels = pixels.to(run.device), gist_pixels.to(run.device)
-            with run.autocast():
-                feat = frozen.features(pixels)  # (b, D)
-            index_parts.append(index.to(run.device))
-            row_parts.append(torch.cat([feat.float(), run.gist256(gist_pixels)], 1).half())  # (b, D + G) fp16
-    index, rows = gather_rows(torch.cat(index_parts), torch.cat(row_parts), n, dist)  # merged in id order
-    if run.is_main:
-        write_bank(path, header, [(index, rows)])
-    dist.barrier()
+
+    def rows():  # (index (b,), rows (b, D + G) fp16) per batch, written to the file as they come
+        with torch.no_grad():
+            for index, pixels, gist_pixels in tqdm(loader, desc=f"bank {bank_side} (phase {phase + 1})",
+                                                   unit="batch", leave=False, disable=not run.is_main):
+                pixels, gist_pixels = pixels.to(run.device), gist_pixels.to(run.device)
+                with run.autocast():
+                    feat = frozen.features(pixels)  # (b, D)
+                yield index, torch.cat([feat.float(), run.gist256(gist_pixels)], 1).half()
+
+    write_bank(path, header, rows(), dist)  # every rank streams its own rows into the one file
     return Bank.open(path, model_hash=model_hash, data_hash=data_hash)
 
 
