@@ -73,8 +73,9 @@ def test_a_start_killed_before_its_first_checkpoint_is_started_over(images, tmp_
     with pytest.raises(RunDirExists, match="not empty; pass --resume"):
         Run.open(cfg, images, run, resume=False)
     assert (run / "notes.txt").read_text() == "mine"
-    with pytest.raises(NothingToResume, match="start the run without --resume"):
-        Run.open(cfg, images, tmp_path / "never", resume=True)
+    with pytest.raises(NothingToResume, match="not a qkcopy run's; choose another --out"):
+        Run.open(cfg, images, run, resume=True)
+    assert Run.open(cfg, images, tmp_path / "new", resume=True).resume_point() == (0, 0)  # --resume that starts
 
 
 @pytest.mark.parametrize("override, key", [("loss.tau=-1", "loss.tau"), ("data.batch_size=0", "data.batch_size"),

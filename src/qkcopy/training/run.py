@@ -7,8 +7,8 @@ Layout of a run directory:
     banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
 
 A directory that holds only these files but no checkpoints/latest (a start that failed or was killed before
-its first checkpoint) is started over, with or without --resume: it never blocks a retry. A failed start in a
-new directory removes what it wrote.
+its first checkpoint) is started over, with or without --resume, and --resume of a missing or empty directory
+starts the run: a retry is never blocked. A failed start in a new directory removes what it wrote.
 """
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
         return True
     if resume:
         if not latest.exists():
-            raise NothingToResume(f"nothing to resume in {run_dir} (no checkpoints/latest); start the run "
-                                  "without --resume", run_dir)
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise NothingToResume(f"nothing to resume in {run_dir}: no checkpoints/latest, and it holds files "
+                                      "that are not a qkcopy run's; choose another --out", run_dir)
+            log.warning("nothing to resume in %s yet: starting the run", run_dir)  # a job that always resumes
+            return True
         saved = load_config(run_dir / "config.yaml")
         keys = differing_keys(saved, cfg)
         if keys:
