@@ -18,13 +18,27 @@ from qkcopy.errors import one_line
 
 # One entry per subcommand module in qkcopy.cli; add yours here.
 COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo',
-                             'collection', 'serve', 'match', 'dedup')
+                             'collection', 'serve', 'match', 'dedup', 'bench_serve')
+
+
+def count(minimum: int):
+    """An argparse type: an integer >= `minimum`, refused at parse time with the option's name."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def add_embedding_options(p: argparse.ArgumentParser) -> None:
     """--batch, --workers, --device: shared by the commands that embed images with a trained model."""
-    p.add_argument("--batch", type=int, default=64, help="images per batch [64]")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes [2]")
+    p.add_argument("--batch", type=count(1), default=64, help="images per batch [64]")
+    p.add_argument("--workers", type=count(0), default=2, help="image-decoding processes [2]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options
+from qkcopy.cli import add_embedding_options, count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=Path, required=True, help="index directory from `qkcopy index`")
     p.add_argument("--images", type=Path, help="folder of query images (searched recursively)")
     p.add_argument("files", nargs="*", type=Path, help="query image files (or folders)")
-    p.add_argument("--k", type=int, default=10, help="references returned per image [10]")
+    p.add_argument("--k", type=count(1), default=10, help="references returned per image [10]")
     p.add_argument("--threshold", help="threshold.json from `qkcopy eval` (or its folder), or a score value; "
                                        "pairs scoring at or above it are copies [none: rank only]")
-    p.add_argument("--nprobe", type=int, help="IVF cells searched [the index's default]")
+    p.add_argument("--nprobe", type=count(1), help="IVF cells searched [the index's default]")
     p.add_argument("--out", type=Path, required=True, help="results file, .csv or .json")
     add_embedding_options(p)
     p.set_defaults(func=run)
