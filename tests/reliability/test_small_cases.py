@@ -108,3 +108,25 @@ def test_embed_of_unreadable_images_leaves_no_shards(tiny_run, tmp_path, capsys)
     refused(["embed", "--model", str(tiny_run), "--images", str(folder), "--side", "query", "--out",
              str(tmp_path / "q")], capsys, "none of the 2 images could be read")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk"]
+
+
+def test_counts_are_checked_when_the_command_line_is_parsed(tmp_path, capsys):
+    for option, value in (("--k", "0"), ("--batch", "0"), ("--workers", "-1"), ("--nprobe", "zero")):
+        with pytest.raises(SystemExit) as stop:
+            main(["search", "--model", "m", "--index", "i", "--out", str(tmp_path / "r.csv"), option, value])
+        assert stop.value.code == 2
+        assert f"argument {option}:" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_an_unexpected_error_is_one_line_and_asks_for_debug(monkeypatch, tmp_path, capsys):
+    import qkcopy.cli.search
+
+    def broken(args):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(qkcopy.cli.search, "run", broken)  # stands for a bug in a command
+    assert main(["search", "--model", "m", "--index", "i", "--out", str(tmp_path / "r.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == ["qkcopy search: error: internal error (RuntimeError: a bug | over two "
+                                        "lines); rerun with --debug for the traceback and report it"]
