@@ -12,7 +12,7 @@ MAX_LINES = 300
 STAGES = [
     {"errors", "io", "device", "seeds", "distributed", "checkpoint"},
     {"data"},
-    {"config"},
+    {"config", "config_rules"},
     {"model"},
     {"qk"},
     {"retrieval"},
