@@ -1,4 +1,7 @@
-"""`qkcopy embed`: descriptors of a folder of images (Q model for queries, K for references), resumable."""
+"""`qkcopy embed`: descriptors of a folder of images (Q model for queries, K for references), resumable.
+
+Under `torchrun --nproc-per-node W -m qkcopy embed …` the shards are split over the W processes and merged
+in id order by rank 0: the same files as one process."""
 
 from __future__ import annotations
 
@@ -24,13 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.retrieval.embed_shards import embed_collection
     from qkcopy.data.images import scan_images
+    from qkcopy.distributed import init
     from qkcopy.model.trained import load_trained
+    from qkcopy.retrieval.embed_ranks import embed_collection_ranks
 
-    trained = load_trained(args.model, args.device)
-    result = embed_collection(trained, scan_images(args.images), args.side, args.out, batch_size=args.batch,
-                              workers=args.workers, shard_size=args.shard_size, keep_shards=args.keep_shards)
+    dist = init(args.device)  # under torchrun: one rank per process, shards dealt out (retrieval.embed_ranks)
+    trained = load_trained(args.model, dist.device if dist.world > 1 else args.device)
+    result = embed_collection_ranks(trained, scan_images(args.images), args.side, args.out, dist,
+                                    batch_size=args.batch, workers=args.workers, shard_size=args.shard_size,
+                                    keep_shards=args.keep_shards)
+    dist.close()
+    if result is None:  # not rank 0: rank 0 reports
+        return 0
     print(f"{len(result.ids)} {args.side} descriptors ({result.vectors.shape[1]}-d, model {trained.fingerprint}) "
           f"→ {result.prefix}.h5, {result.prefix}.npy; {len(result.skipped)} unreadable images skipped; "
           f"{result.shards_embedded} shards embedded, {result.shards_reused} reused")

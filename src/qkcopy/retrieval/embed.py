@@ -30,25 +30,48 @@ class Embeddings:
     skipped: list[str]  # paths that could not be read
 
 
+class GistCollate:
+    """Batch collation that also computes the batch's gist256 (B, G), so that a loader worker does every step
+    but the model: decoding, resizing and GIST overlap with the model's forward in the main process."""
+
+    def __init__(self, gist256: Gist256):
+        self.gist256 = gist256
+
+    def __call__(self, items):
+        indices, data, bad = collate_skipping(items)
+        if data is not None:
+            pixels, gist_pixels = data
+            with torch.no_grad():
+                data = (pixels, self.gist256(gist_pixels))  # (B, 3, S, S), (B, G) float32
+        return indices, data, bad
+
+
 @torch.no_grad()
 def embed_paths(model: torch.nn.Module, gist256: Gist256, paths: Sequence[Path], image_size: int,
                 batch_size: int = 64, workers: int = 2, device: torch.device | str = "cpu",
                 desc: str = "embedding") -> Embeddings:
-    """Descriptors (N, E) of `paths` with `model(pixels, g256)`; unreadable files are skipped and reported."""
+    """Descriptors (N, E) of `paths` with `model(pixels, g256)`; unreadable files are skipped and reported.
+
+    On the CPU with workers > 0 the workers compute gist256 too (`GistCollate`), so that the main process
+    runs only the model; on a GPU gist256 runs there and batches come in pinned memory.
+    """
     device = torch.device(device)
     dataset = ImageDataset(paths, functools.partial(image_pair, size=image_size))
+    in_workers = device.type == "cpu" and workers > 0
+    gist256.to("cpu" if in_workers else device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         collate_fn=collate_skipping, persistent_workers=False)
+                                         collate_fn=GistCollate(gist256) if in_workers else collate_skipping,
+                                         persistent_workers=False, pin_memory=device.type == "cuda")
     model.eval().to(device)
-    gist256.to(device)
     kept, chunks, skipped = [], [], []
     for indices, data, bad in tqdm(loader, desc=desc, unit="batch", leave=False):
         skipped.extend(bad)
         if data is None:
             continue
-        pixels, gist_pixels = (t.to(device, non_blocking=True) for t in data)
+        pixels, gist = (t.to(device, non_blocking=True) for t in data)
+        g256 = gist if in_workers else gist256(gist)  # (B, G)
         with autocast(device):
-            vectors = model(pixels, gist256(gist_pixels))  # (B, E)
+            vectors = model(pixels, g256)  # (B, E)
         chunks.append(vectors.float().cpu().numpy())
         kept.extend(indices.tolist())
     skips = SkipLog()

@@ -102,6 +102,17 @@ def _read_shard(path: Path, key: str) -> tuple[list[str], np.ndarray, list[str]]
         return None
 
 
+def embed_shard(trained, side: str, part: Sequence[Path], shard: Path, key: str, batch_size: int,
+                workers: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """Embed one shard's images and write it (atomically) to `shard`; its (ids, vectors (n, E), skipped)."""
+    model = getattr(trained, SIDES[side])
+    emb = embed_paths(model, trained.gist256, part, trained.cfg.model.image_size, batch_size=batch_size,
+                      workers=workers, device=device_of(model), desc=f"{side} {shard.name}")
+    vectors = emb.vectors.reshape(-1, trained.cfg.model.descriptor_dim) if len(emb.ids) == 0 else emb.vectors
+    _write_shard(shard, key, emb.ids, vectors, emb.skipped)
+    return emb.ids, vectors, emb.skipped
+
+
 def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path, batch_size: int = 64,
                      workers: int = 2, shard_size: int = 10_000, keep_shards: bool = False) -> Collection:
     """Descriptors of `paths` with `trained.q` (side "query") or `trained.k` (side "reference").
@@ -116,8 +127,7 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
     if not paths:
         raise ValueError("no images to embed")
     image_ids(paths)
-    model = getattr(trained, SIDES[side])
-    size, dim, fingerprint = trained.cfg.model.image_size, trained.cfg.model.descriptor_dim, trained.fingerprint
+    size, fingerprint = trained.cfg.model.image_size, trained.fingerprint
     prefix = output_prefix(out)
     shard_dir = prefix.with_name(prefix.name + ".shards")
     new_dir = not shard_dir.exists()
@@ -131,11 +141,7 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
         found = _read_shard(shard, key)
         if found is None:
             log.info("embedding shard %d/%d (%d images, %s side)", s + 1, n_shards, len(part), side)
-            emb = embed_paths(model, trained.gist256, part, size, batch_size=batch_size, workers=workers,
-                              device=device_of(model), desc=f"{side} shard {s + 1}/{n_shards}")
-            vectors = emb.vectors.reshape(-1, dim) if len(emb.ids) == 0 else emb.vectors
-            _write_shard(shard, key, emb.ids, vectors, emb.skipped)
-            found, embedded = (emb.ids, vectors, emb.skipped), embedded + 1
+            found, embedded = embed_shard(trained, side, part, shard, key, batch_size, workers), embedded + 1
         ids.extend(found[0])
         chunks.append(found[1])
         skipped.extend(found[2])

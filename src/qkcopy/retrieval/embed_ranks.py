@@ -1,0 +1,63 @@
+"""`torchrun … -m qkcopy embed`: the resumable shards of `embed_shards.embed_collection` dealt out to ranks.
+
+Letters: W world size, S shards of `shard_size` images (in path order).
+
+Rank r embeds the shards s ≡ r (mod W) that are not already complete on disk and writes each to
+PREFIX.shards/ exactly as one process would (same images, same batches, same key). After a barrier rank 0 runs
+`embed_collection`, which finds every shard complete and merges them in order: the outputs are the bytes one
+process writes, and an interrupted job resumes shard by shard under any W. The images and the output folder
+must be on a file system every rank sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from qkcopy.distributed import Dist
+from qkcopy.retrieval.embed_shards import (SIDES, Collection, _read_shard, embed_collection, embed_shard,
+                                           image_ids, output_prefix, shard_key)
+
+log = logging.getLogger(__name__)
+
+
+def embed_collection_ranks(trained, paths: Sequence[Path], side: str, out: str | Path, dist: Dist,
+                           batch_size: int = 64, workers: int = 2, shard_size: int = 10_000,
+                           keep_shards: bool = False) -> Collection | None:
+    """`embed_collection` with the shards split over the ranks of `dist`; the Collection on rank 0, None on
+    the others (every rank returns after rank 0 has written the outputs)."""
+    if dist.world == 1:
+        return embed_collection(trained, paths, side, out, batch_size, workers, shard_size, keep_shards)
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {sorted(SIDES)}, got {side!r}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no images to embed")
+    image_ids(paths)
+    prefix = output_prefix(out)
+    shard_dir = prefix.with_name(prefix.name + ".shards")
+    new_dir = not shard_dir.exists()
+    dist.barrier()  # every rank has looked before any creates it
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = -(-len(paths) // shard_size)
+    for s in range(dist.rank, n_shards, dist.world):
+        part = paths[s * shard_size:(s + 1) * shard_size]
+        key = shard_key(part, trained.fingerprint, side, trained.cfg.model.image_size)
+        if _read_shard(shard_dir / f"{s:05d}.h5", key) is None:
+            log.info("rank %d: embedding shard %d/%d (%d images, %s side)", dist.rank, s + 1, n_shards,
+                        len(part), side)
+            embed_shard(trained, side, part, shard_dir / f"{s:05d}.h5", key, batch_size, workers)
+    dist.barrier()
+    result = None
+    if dist.is_main:
+        try:
+            result = embed_collection(trained, paths, side, out, batch_size, workers, shard_size, keep_shards)
+        finally:
+            if new_dir and not keep_shards and result is None and shard_dir.exists():
+                shutil.rmtree(shard_dir)  # nothing readable: shards of nothing are no use to a rerun
+    dist.barrier()
+    return result
