@@ -40,9 +40,10 @@ def review(driver, url: str, key: str, image: Path, timeout: float = 60.0):
 
     driver.get(url)
     box = driver.find_element(By.ID, "key")
+    box.clear()  # the page fills in the key it remembered
     box.send_keys(key)
     driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", box)
-    driver.find_element(By.ID, "file").send_keys(str(image))
+    driver.find_element(By.ID, "file").send_keys(str(Path(image).resolve()))
     wait = WebDriverWait(driver, timeout)
     wait.until(ec.presence_of_element_located((By.ID, "match-card")))
     wait.until(lambda d: d.execute_script(  # every thumbnail fetched (with the key) and decoded

@@ -1,0 +1,88 @@
+"""`qkcopy bench-serve`: latency, throughput, ingestion, memory and IVF recall of the matching service at
+N references (synthetic descriptors for the index part, real JPEGs through the model). Talks to 127.0.0.1
+only; every load loop is bounded. Run it on an otherwise idle machine, one torch/faiss thread."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PARTS = ("index", "store", "real", "service")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-serve", help="figures of the matching service (benchmark)", description=__doc__)
+    p.add_argument("--model", type=Path, required=True, help="run directory (or a checkpoint inside one)")
+    p.add_argument("--images", type=Path, required=True, help="real reference photos (e.g. data/dev/references)")
+    p.add_argument("--queries", type=Path, help="real query photos for the IVF recall on real descriptors")
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="reference counts")
+    p.add_argument("--nlist", type=int, default=1024, help="IVF cells (the 1M-reference setting) [1024]")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--out", type=Path, required=True, help="work folder; results.json is written there")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import faiss
+    import torch
+
+    from qkcopy.collection import Collection
+    from qkcopy.collection.describe import Describer, add_files
+    from qkcopy.data.images import scan_images
+    from qkcopy.io import atomic_write_json
+    from qkcopy.model.trained import load_trained
+    from qkcopy.perf import serve as bench
+    from qkcopy.retrieval.index import default_nlist
+    from qkcopy.serve.auth import create_key
+
+    torch.set_num_threads(1)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    faiss.omp_set_num_threads(1)
+    trained = load_trained(args.model, "cpu")
+    photos = scan_images(args.images)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = dict(threads=1, sizes=args.sizes, model=trained.fingerprint, cpu_count=__import__("os").cpu_count())
+
+    def save():
+        atomic_write_json(args.out / "results.json", results)
+
+    if "real" in args.parts and args.queries:
+        results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries))
+        print("IVF recall@10 vs exact, real descriptors:", results["real_ivf"], flush=True)
+        save()
+    for n in args.sizes:
+        nlist = min(args.nlist, default_nlist(n))
+        row = results.setdefault(str(n), {})
+        if "index" in args.parts:
+            row["index"] = bench.bench_index(n, nlist)
+            print(f"N={n} index:", row["index"], flush=True)
+            save()
+        coll_dir = args.out / f"coll-{n}"
+        if "store" in args.parts or "service" in args.parts:
+            shutil.rmtree(coll_dir, ignore_errors=True)
+            row["store"] = bench.bench_store(n, coll_dir, trained.fingerprint)
+            print(f"N={n} store:", row["store"], flush=True)
+            save()
+        if "service" in args.parts:
+            with Collection.open(coll_dir) as coll:
+                coll.store.set_settings(dict(model=str(Path(args.model).resolve())))
+                added, _, _ = add_files(coll, Describer(trained), photos[:200], "real", {})
+                key = create_key(coll.store, "bench", ["read", "write"])
+            query = bench.jpeg_512(photos[0])
+            adds = [bench.jpeg_512(p) for p in photos[200:240]]
+            row["service_flat"] = bench.bench_service(coll_dir, key, query, adds)
+            print(f"N={n} service, flat index:", row["service_flat"], flush=True)
+            save()
+            with Collection.open(coll_dir) as coll:
+                coll.reindex("ivf", nlist=nlist, nprobe=16)
+            row["service_ivf"] = bench.bench_service(coll_dir, key, query, [])
+            row["service_ivf"]["nlist"], row["service_ivf"]["nprobe"] = nlist, 16
+            print(f"N={n} service, IVF index:", row["service_ivf"], flush=True)
+            save()
+            shutil.rmtree(coll_dir, ignore_errors=True)
+    print(f"results: {args.out / 'results.json'}")
+    return 0
