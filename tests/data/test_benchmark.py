@@ -8,6 +8,7 @@ from PIL import Image
 from qkcopy.data.benchmark import load_benchmark
 from qkcopy.data.isc_csv import GroundTruth
 
+
 def _write(path: Path, img: Image.Image) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

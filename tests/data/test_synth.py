@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+from photo_pool import make_photos
 from PIL import Image
 
-from photo_pool import make_photos
 from qkcopy.data.augment import Edit, apply_recipe
 from qkcopy.data.benchmark import Benchmark
 from qkcopy.data.images import load_image

@@ -5,7 +5,6 @@ import torch
 from safetensors.torch import load_file
 
 from qkcopy.config import load_config
-from qkcopy.data.training import PhaseBatches
 from qkcopy.model.descriptor import build_qk_models
 from qkcopy.training.loop import TrainingDiverged, train
 
@@ -103,12 +102,6 @@ def test_new_run_refuses_a_used_directory(images, tmp_path):
         train(load_config("cpu", TINY), images, tmp_path / "run")
 
 
-def test_phase_batches_are_a_pure_function_of_the_step():
-    full = list(PhaseBatches(50, 8, 10, run_seed=3, phase=1, queries=True))
-    assert list(PhaseBatches(50, 8, 10, run_seed=3, phase=1, queries=True, start=4)) == full[4:]
-    first_epoch = [i for batch in full[:6] for i, _ in batch]
-    assert len(set(first_epoch)) == 48  # one epoch visits distinct images
-    assert full != list(PhaseBatches(50, 8, 10, run_seed=3, phase=2, queries=True))
 
 
 @pytest.mark.slow
