@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.out / "results.json", results)
 
     if "real" in args.parts and args.queries:
-        results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries))
+        results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries), args.out)
         print("IVF recall@10 vs exact, real descriptors:", results["real_ivf"], flush=True)
         save()
     for n in args.sizes:

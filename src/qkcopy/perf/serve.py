@@ -96,13 +96,18 @@ def bench_store(n: int, root: Path, fingerprint: str = "synthetic", batch: int =
                 start_from_snapshot_s=reopen, db_bytes=(root / "collection.db").stat().st_size)
 
 
-def bench_real_ivf(trained, ref_paths, query_paths, nprobes=(8, 16, 32)) -> dict:
+def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, nprobes=(8, 16, 32, 64, 128)) -> dict:
+    """IVF vs exact recall@10 on real descriptors (kept in `cache`/real-*.npy for reruns)."""
     from qkcopy.retrieval.embed import embed_paths
     from qkcopy.retrieval.index import default_nlist
 
     size = trained.cfg.model.image_size
-    refs = embed_paths(trained.k, trained.gist256, ref_paths, size, 64, 2, "cpu", "references (K)").vectors
-    queries = embed_paths(trained.q, trained.gist256, query_paths, size, 64, 2, "cpu", "queries (Q)").vectors
+    files = [cache / f"real-{side}-{trained.fingerprint}.npy" for side in ("references", "queries")]
+    if not all(f.is_file() for f in files):
+        for f, model, paths, desc in zip(files, (trained.k, trained.q), (ref_paths, query_paths),
+                                         ("references (K)", "queries (Q)")):
+            np.save(f, embed_paths(model, trained.gist256, paths, size, 64, 2, "cpu", desc).vectors)
+    refs, queries = (np.load(f) for f in files)
     flat = faiss.IndexFlatL2(E)
     flat.add(refs)
     _, exact = flat.search(queries, 10)
