@@ -80,3 +80,10 @@ def test_steps_per_phase_overrides_epochs():
     assert phase_steps(schedule, n_train=10_000, batch_size=32) == 7
     assert phase_steps(load_config("paper").schedule, n_train=5, batch_size=32) == 1
     assert math.isclose(lr_at(1000, 10, load_config("paper").optim), 0.5e-4)  # past the end: stays at α·lr
+
+
+def test_holdout_families_are_checked_against_the_known_families():
+    cfg = load_config("cpu", ["data.holdout_families=[perspective,collage]"])
+    assert cfg.data.holdout_families == ("perspective", "collage")
+    with pytest.raises(ValueError, match="data.holdout_families"):
+        load_config("cpu", ["data.holdout_families=[teleport]"])

@@ -69,6 +69,7 @@ class DataConfig:
     strength: str = "medium"  # query synthesis strength: light, medium, hard
     max_train_images: int | None = None  # use only the first N training images (None: all)
     pca_images: int = 5000  # training images used to fit the GIST PCA
+    holdout_families: tuple[str, ...] = ()  # edit families training never uses (qkcopy.data.families)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from qkcopy.data.augment import STRENGTHS
+from qkcopy.data.families import FAMILIES
 from qkcopy.errors import ConfigError
 
 METHODS = ("qk", "simclr", "moco")
@@ -37,6 +38,8 @@ def validate(cfg):
     _check(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
     _check(d.workers >= 0, "data.workers", ">= 0", d.workers)
     _check(d.strength in STRENGTHS, "data.strength", f"one of {list(STRENGTHS)}", d.strength)
+    _check(set(d.holdout_families) <= set(FAMILIES), "data.holdout_families", f"families among {list(FAMILIES)}",
+           list(d.holdout_families))
     _check(d.max_train_images is None or d.max_train_images >= 1, "data.max_train_images", ">= 1 or null",
            d.max_train_images)
     _check(d.pca_images >= m.descriptor_dim, "data.pca_images",

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from qkcopy.data.augment import STRENGTHS
+from qkcopy.data.families import FAMILIES
 from qkcopy.data.synth import DEV_BENCHMARK, DEV_IMAGES, DEV_TRAIN_IMAGES, BenchmarkOptions, make_benchmark
 
 # option name -> BenchmarkOptions field
@@ -22,6 +23,8 @@ _FIELDS = {"references": "n_references", "queries": "n_queries", "matched_fracti
 def _run(args: argparse.Namespace) -> int:
     base = DEV_BENCHMARK if args.dev else BenchmarkOptions()
     overrides = {field: getattr(args, name) for name, field in _FIELDS.items() if getattr(args, name) is not None}
+    if args.heldout:
+        overrides["heldout"] = FAMILIES if args.heldout == "all" else tuple(args.heldout.split(","))
     options = replace(base, **overrides)
     images = Path(args.images) if args.images else (DEV_IMAGES if args.dev else None)
     train = Path(args.train_images) if args.train_images else (DEV_TRAIN_IMAGES if args.dev else None)
@@ -48,5 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--train", type=int, help="number of training images (default: every remaining photo)")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed}; --dev: {DEV_BENCHMARK.seed})")
     p.add_argument("--strength", choices=STRENGTHS, help=f"query edit strength (default {d.strength})")
+    p.add_argument("--heldout", metavar="FAMILIES",
+                   help=f"queries made only with these edit families' own edits (comma list, or all: "
+                        f"{','.join(FAMILIES)}); train with data.holdout_families=[…] to keep them unseen")
     p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark in --out")
     p.set_defaults(func=_run)

@@ -157,13 +157,14 @@ def sample_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
     raise ValueError(f"unknown augmentation op {op!r}; expected one of {sorted(OPS)}")
 
 
-def sample_recipe(seed: int, strength: str = "medium") -> list[Edit]:
-    """A random recipe of distinct edits, drawn from `random.Random(seed)`; JPEG re-encoding comes last."""
+def sample_recipe(seed: int, strength: str = "medium", exclude: frozenset[str] = frozenset()) -> list[Edit]:
+    """A random recipe of distinct edits, drawn from `random.Random(seed)`; JPEG re-encoding comes last.
+    `exclude`: ops never used (held-out edit families, `qkcopy.data.families`)."""
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; expected one of {STRENGTHS}")
     r = random.Random(int(seed))
     lo, hi = NUM_OPS[strength]
-    pool = dict(OPS)
+    pool = {op: w for op, w in OPS.items() if op not in exclude}
     ops: list[str] = []
     for _ in range(r.randint(lo, hi)):
         op = r.choices(list(pool), weights=list(pool.values()))[0]
@@ -256,10 +257,10 @@ def apply_recipe(img: Image.Image, recipe: list[Edit], background: Image.Image |
     return out
 
 
-def make_query(img: Image.Image, seed: int, strength: str = "medium",
-               background: Image.Image | None = None) -> tuple[Image.Image, list[Edit]]:
-    """A synthetic copy of `img` and the recipe that made it."""
-    recipe = sample_recipe(seed, strength)
+def make_query(img: Image.Image, seed: int, strength: str = "medium", background: Image.Image | None = None,
+               exclude: frozenset[str] = frozenset()) -> tuple[Image.Image, list[Edit]]:
+    """A synthetic copy of `img` and the recipe that made it (without the ops in `exclude`)."""
+    recipe = sample_recipe(seed, strength, exclude)
     return apply_recipe(img, recipe, background), recipe
 
 

@@ -37,11 +37,13 @@ from PIL import Image
 from tqdm import tqdm
 
 import qkcopy
-from qkcopy.data.augment import STRENGTHS, apply_recipe, derive_seed, sample_recipe
+from qkcopy.data.augment import STRENGTHS, apply_recipe, sample_recipe
 from qkcopy.data.benchmark import GROUND_TRUTH, MANIFEST, Benchmark, load_benchmark
+from qkcopy.data.families import excluded_ops, family_of_op, heldout_edit
 from qkcopy.data.images import ImageError, SkipLog, load_image, scan_images
 from qkcopy.data.isc_csv import GroundTruth
 from qkcopy.io import atomic_dir
+from qkcopy.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class BenchmarkOptions:
     seed: int = 0
     strength: str = "medium"
     jpeg_quality: int = 90
+    heldout: tuple[str, ...] = ()  # queries made only with these families' own edits (qkcopy.data.families)
 
     def __post_init__(self) -> None:
         if self.n_references < 1 or self.n_queries < 1:
@@ -74,6 +77,7 @@ class BenchmarkOptions:
             raise ValueError(f"n_train must be >= 0 or None (all), got {self.n_train}")
         if self.strength not in STRENGTHS:
             raise ValueError(f"unknown strength {self.strength!r}; expected one of {STRENGTHS}")
+        excluded_ops(self.heldout)  # refuses unknown families
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
@@ -199,6 +203,9 @@ def _build(images: Path, tmp: Path, train_images: Path | None, opt: BenchmarkOpt
         qid, src = f"Q{qi:05d}", refs[i] if kind == "matched" else distractors[i]
         matches[qid] = f"R{i:06d}" if kind == "matched" else None
         seed = derive_seed(opt.seed, qi)
+        if opt.heldout:
+            queries.append(_heldout_query(tmp, qid, kind, matches[qid], src, seed, opt, backgrounds))
+            continue
         recipe = sample_recipe(seed, opt.strength)
         bg = None
         if any(e.op == PASTE_OP for e in recipe):
@@ -213,7 +220,8 @@ def _build(images: Path, tmp: Path, train_images: Path | None, opt: BenchmarkOpt
         _write_jpeg(img, tmp / "queries" / f"{qid}.jpg", jpeg)
         queries.append({"id": qid, "kind": kind, "reference_id": matches[qid], **src.record(), "seed": seed,
                         "background": None if bg is None else bg.record(), "jpeg_quality": jpeg,
-                        "edits": [e.to_dict() for e in recipe]})
+                        "edits": [e.to_dict() for e in recipe],
+                        "families": sorted({family_of_op(e.op) for e in recipe})})
 
     GroundTruth(matches).to_csv(tmp / GROUND_TRUTH)
     skips.report(log, "source photos")
@@ -233,6 +241,20 @@ def _build(images: Path, tmp: Path, train_images: Path | None, opt: BenchmarkOpt
     }
     (tmp / MANIFEST).write_text(_manifest_json(manifest), encoding="utf-8")
     return manifest
+
+
+def _heldout_query(tmp: Path, qid: str, kind: str, ref: str | None, src: _Source, seed: int,
+                   opt: BenchmarkOptions, backgrounds: list[_Source]) -> dict:
+    """One query made with a held-out family's own edit (`families.heldout_edit`), its manifest record."""
+    r = random.Random(seed)
+    family = opt.heldout[r.randrange(len(opt.heldout))]
+    picks = [backgrounds[r.randrange(len(backgrounds))] for _ in range(3)] if backgrounds else []
+    others = [load_image(b.path) for b in picks] if family == "collage" else []
+    img = heldout_edit(load_image(src.path), family, seed, others)
+    _write_jpeg(img, tmp / "queries" / f"{qid}.jpg", opt.jpeg_quality)
+    return {"id": qid, "kind": kind, "reference_id": ref, **src.record(), "seed": seed, "family": family,
+            "families": [family], "others": [b.record() for b in picks] if others else [],
+            "jpeg_quality": opt.jpeg_quality}
 
 
 def _manifest_json(manifest: dict) -> str:

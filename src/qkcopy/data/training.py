@@ -66,8 +66,10 @@ class TrainImages(torch.utils.data.Dataset):
     pixels, original pixels, original gist pixels), for the SimCLR- and MoCo-style comparisons.
     """
 
-    def __init__(self, paths: Sequence[Path], image_size: int, strength: str, pairs: bool = False):
+    def __init__(self, paths: Sequence[Path], image_size: int, strength: str, pairs: bool = False,
+                 exclude: frozenset[str] = frozenset()):
         self.paths, self.image_size, self.strength, self.pairs = list(paths), image_size, strength, pairs
+        self.exclude = exclude  # AugLy ops of held-out edit families
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,7 +80,7 @@ class TrainImages(torch.utils.data.Dataset):
         if seed is None:
             return (index, *image_pair(original, self.image_size))
         background = load_image(self.paths[(index + 1 + seed % (len(self.paths) - 1)) % len(self.paths)])
-        query, _ = make_query(original, seed, self.strength, background=background)
+        query, _ = make_query(original, seed, self.strength, background=background, exclude=self.exclude)
         pair = image_pair(query, self.image_size)
         if self.pairs:
             pair = (*pair, *image_pair(original, self.image_size))

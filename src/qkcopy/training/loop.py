@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from qkcopy import checkpoint as ckpt
 from qkcopy.config import TrainConfig, lr_at, phase_steps
+from qkcopy.data.families import excluded_ops
 from qkcopy.data.training import BANK_STREAM, PhaseBatches, TrainImages, query_seed
 from qkcopy.distributed import ShardedBatches, shard_range
 from qkcopy.model.descriptor import init_heads_from_pca, param_fingerprint
@@ -48,7 +49,8 @@ def segment_names(cfg: TrainConfig) -> list[str]:
 
 
 def _loader(run: Run, batches: torch.utils.data.Sampler, pairs: bool = False) -> torch.utils.data.DataLoader:
-    dataset = TrainImages(run.paths, run.cfg.model.image_size, run.cfg.data.strength, pairs=pairs)
+    dataset = TrainImages(run.paths, run.cfg.model.image_size, run.cfg.data.strength, pairs=pairs,
+                          exclude=excluded_ops(run.cfg.data.holdout_families))
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=run.cfg.data.workers,
                                        pin_memory=run.device.type == "cuda")
 
@@ -58,7 +60,7 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
     frozen, bank_side = (run.k, "K") if side == "Q" else (run.q, "Q")
     bank_seed = derive_seed(BANK_STREAM, run.cfg.seed, phase) if bank_side == "Q" else None
     recipe = f"{run.data_hash}/{run.cfg.model.image_size}/{run.gist256.fingerprint}/{bank_side}/{bank_seed}/" \
-             f"{run.cfg.data.strength}"
+             f"{run.cfg.data.strength}" + "".join(f"/-{f}" for f in run.cfg.data.holdout_families)
     data_hash = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     model_hash = param_fingerprint(frozen.backbone)
     path = run.dir / "banks" / f"phase{phase}-{bank_side}.bank"

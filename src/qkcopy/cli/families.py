@@ -1,0 +1,43 @@
+"""`qkcopy families`: µAP and recall@1 per edit family for one or more methods' predictions on a benchmark."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("families", help="scores per edit family (held-out or AugLy) for predictions.csv files",
+                       description=__doc__)
+    p.add_argument("--benchmark", type=Path, required=True, help="a benchmark built by `qkcopy make-benchmark`")
+    p.add_argument("predictions", nargs="+", type=Path, metavar="RUN",
+                   help="predictions.csv files, or folders holding one (`qkcopy baseline` / `qkcopy eval` outputs)")
+    p.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkcopy.data.benchmark import load_benchmark
+    from qkcopy.data.isc_csv import Predictions
+    from qkcopy.io import atomic_write
+    from qkcopy.retrieval.families import family_table, per_family_metrics, query_families
+
+    bench = load_benchmark(args.benchmark)
+    families = query_families(bench)
+    results = {}
+    for path in args.predictions:
+        csv = path / "predictions.csv" if path.is_dir() else path
+        if not csv.is_file():
+            raise FileNotFoundError(f"{csv} not found: give a predictions.csv or a folder holding one")
+        label = (path if path.is_dir() else path.parent).name
+        results[label] = per_family_metrics(Predictions.from_csv(csv), bench.ground_truth, families)
+    counts = {}
+    for q, fs in families.items():
+        if bench.ground_truth.matches.get(q) is not None:
+            for f in fs:
+                counts[f] = counts.get(f, 0) + 1
+    table = family_table(results, counts)
+    print(table)
+    if args.out is not None:
+        atomic_write(args.out, table + "\n")
+    return 0

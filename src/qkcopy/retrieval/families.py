@@ -1,0 +1,63 @@
+"""Scores per edit family: µAP and recall@1 of one method's predictions on the queries of each family.
+
+A query's families come from the benchmark's manifest.json: one family for a query made with a held-out
+edit (`make-benchmark --heldout`), the families of its recipe's AugLy ops otherwise (a query with three edits
+counts in three families). For family f the ISC2021 metrics are computed on the queries of f alone — copies
+and distractors — so a family's µAP says how well copies made that way are found and told from non-copies
+made that way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from qkcopy.data.benchmark import MANIFEST, Benchmark
+from qkcopy.data.isc_csv import GroundTruth, Predictions
+from qkcopy.retrieval.metrics import Metrics, evaluate
+
+
+def query_families(benchmark: Benchmark) -> dict[str, list[str]]:
+    """query id → its edit families, from the manifest of a benchmark qkcopy built."""
+    path = Path(benchmark.root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: per-family scores need a benchmark built by "
+                                "`qkcopy make-benchmark` (its manifest lists each query's edits)")
+    queries = json.loads(path.read_text())["queries"]
+    missing = [q["id"] for q in queries if "families" not in q]
+    if missing:
+        raise ValueError(f"{path}: query {missing[0]} has no 'families' (built by an older qkcopy); rebuild the "
+                         "benchmark with --overwrite")
+    return {q["id"]: list(q["families"]) for q in queries}
+
+
+def per_family_metrics(preds: Predictions, gt: GroundTruth,
+                       families: Mapping[str, Sequence[str]]) -> dict[str, Metrics]:
+    """{family: Metrics on that family's queries}, for every family with at least one true copy."""
+    out: dict[str, Metrics] = {}
+    for family in sorted({f for fs in families.values() for f in fs}):
+        chosen = {q for q, fs in families.items() if family in fs and q in gt.matches}
+        sub = GroundTruth({q: r for q, r in gt.matches.items() if q in chosen})
+        if sub.n_positives == 0:
+            continue
+        keep = [i for i, q in enumerate(preds.query_ids) if q in chosen]
+        out[family] = evaluate(Predictions(preds.query_ids[keep], preds.reference_ids[keep], preds.scores[keep]),
+                               sub)
+    return out
+
+
+def family_table(results: Mapping[str, Mapping[str, Metrics]], counts: Mapping[str, int]) -> str:
+    """A markdown table: one row per family, µAP and recall@1 of each method (column)."""
+    methods = list(results)
+    families = sorted({f for r in results.values() for f in r})
+    head = "| family | copies | " + " | ".join(f"{m} µAP | {m} recall@1" for m in methods) + " |"
+    rule = "|---|---:|" + "---:|---:|" * len(methods)
+    rows = []
+    for f in families:
+        cells = []
+        for m in methods:
+            got = results[m].get(f)
+            cells += ["—", "—"] if got is None else [f"{got.micro_ap:.3f}", f"{got.recall_at_1:.3f}"]
+        rows.append(f"| {f} | {counts.get(f, 0)} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
