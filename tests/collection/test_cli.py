@@ -59,6 +59,8 @@ def test_refusals(tiny_run, other_tiny_run, tiny_benchmark, tmp_path, capsys):
     assert main(["collection", "stats", str(tmp_path / "none")]) == 2
     assert "not a qkcopy collection" in capsys.readouterr().err
     assert main(["collection", "key", str(coll), "revoke", "nobody"]) == 2
+    assert main(["collection", "add", str(coll), str(tmp_path / "gone.jpg"), *CPU]) == 2
+    assert "no such image file or folder" in capsys.readouterr().err
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     assert main(["collection", "add", str(coll), str(bad), *CPU]) == 0

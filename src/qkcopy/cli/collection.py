@@ -82,6 +82,9 @@ def _add_images(coll, args) -> None:
 
     check_bank(args.bank)
     meta = parse_meta(args.meta)
+    missing = [p for p in args.images if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such image file or folder: {missing[0]}")
     paths = [q for p in args.images for q in (scan_images(p) if p.is_dir() else [p])]
     model = args.model or coll.model_path
     if model is None:

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
               f"    {token}\n\nsend it as 'Authorization: Bearer <key>' (or paste it into the review page); "
               "more keys: `qkcopy collection key`", flush=True)
     config = {name: getattr(args, name) for name, *_ in OPTIONS}
+    config["model"] = service.describer.trained.checkpoint  # the pinned model when --model was not given
     log.info("qkcopy serve %s: %s", args.collection, ", ".join(f"{k}={v}" for k, v in config.items()))
     log.info("review page and API on http://%s:%d/ (OpenAPI docs: /docs)", args.host, args.port)
     app = create_app(service, keys, args.snapshot_interval)
