@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="run directory (or a checkpoint inside one)")
     p.add_argument("--images", type=Path, required=True, help="real reference photos (e.g. data/dev/references)")
     p.add_argument("--queries", type=Path, help="real query photos for the IVF recall on real descriptors")
+    p.add_argument("--threshold", type=float, help="copy threshold (score) for the IVF copy-top-1 agreement")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="reference counts")
     p.add_argument("--nlist", type=int, default=1024, help="IVF cells (the 1M-reference setting) [1024]")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.out / "results.json", results)
 
     if "real" in args.parts and args.queries:
-        results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries), args.out)
+        results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries), args.out, args.threshold)
         print("IVF recall@10 vs exact, real descriptors:", results["real_ivf"], flush=True)
         save()
     for n in args.sizes:

@@ -96,8 +96,10 @@ def bench_store(n: int, root: Path, fingerprint: str = "synthetic", batch: int =
                 start_from_snapshot_s=reopen, db_bytes=(root / "collection.db").stat().st_size)
 
 
-def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, nprobes=(8, 16, 32, 64, 128)) -> dict:
-    """IVF vs exact recall@10 on real descriptors (kept in `cache`/real-*.npy for reruns)."""
+def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: float | None = None,
+                   nprobes=(8, 16, 32, 64, 128)) -> dict:
+    """IVF vs exact recall@10 on real descriptors (kept in `cache`/real-*.npy for reruns); with a threshold,
+    also how often IVF returns the exact top-1 of the queries whose exact top-1 is a copy (score >= it)."""
     from qkcopy.retrieval.embed import embed_paths
     from qkcopy.retrieval.index import default_nlist
 
@@ -110,7 +112,8 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, nprobes=(8, 16,
     refs, queries = (np.load(f) for f in files)
     flat = faiss.IndexFlatL2(E)
     flat.add(refs)
-    _, exact = flat.search(queries, 10)
+    exact_d, exact = flat.search(queries, 10)
+    copies = -exact_d[:, 0] >= threshold if threshold is not None else None
     nlist = default_nlist(len(refs))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(E), E, nlist)
     ivf.train(refs)
@@ -119,6 +122,10 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, nprobes=(8, 16,
     for nprobe in nprobes:
         _, found = ivf.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=nprobe))
         out[f"nprobe{nprobe}"] = recall_at_k(found, exact)
+        if copies is not None and copies.any():
+            out[f"nprobe{nprobe}_copy_top1"] = float((found[copies, 0] == exact[copies, 0]).mean())
+    if copies is not None:
+        out["copies"] = int(copies.sum())
     return out
 
 
