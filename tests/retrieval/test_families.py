@@ -8,6 +8,7 @@ import pytest
 
 from photo_pool import make_photos
 from qkcopy.cli import main
+from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 from qkcopy.retrieval.families import family_table, per_family_metrics, query_families
@@ -58,3 +59,16 @@ def test_families_cli_prints_a_table(heldout_bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "perfect µAP" in out and out.count("| 1.000 | 1.000 |") == len({f[0] for f in families.values()})
     assert (tmp_path / "t.md").read_text().strip() == out.strip()
+
+
+def test_families_of_an_augly_benchmark_come_from_its_recipes(tmp_path):
+    make_photos(tmp_path / "images", 20, seed=5)
+    bench = make_benchmark(tmp_path / "images", tmp_path / "b", None,
+                           BenchmarkOptions(n_references=6, n_queries=6, matched_fraction=0.5, n_train=2, seed=1))
+    families = query_families(bench)
+    manifest = json.loads((bench.root / "manifest.json").read_text())
+    for q in manifest["queries"]:
+        assert families[q["id"]] == sorted({family_of_op(e["op"]) for e in q["edits"]}) and families[q["id"]]
+        del q["families"]  # as an older qkcopy wrote it: derived from the recipe all the same
+    (bench.root / "manifest.json").write_text(json.dumps(manifest))
+    assert query_families(bench) == families

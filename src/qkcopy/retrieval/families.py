@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from qkcopy.data.benchmark import MANIFEST, Benchmark
+from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.retrieval.metrics import Metrics, evaluate
 
@@ -24,12 +25,15 @@ def query_families(benchmark: Benchmark) -> dict[str, list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: per-family scores need a benchmark built by "
                                 "`qkcopy make-benchmark` (its manifest lists each query's edits)")
-    queries = json.loads(path.read_text())["queries"]
-    missing = [q["id"] for q in queries if "families" not in q]
-    if missing:
-        raise ValueError(f"{path}: query {missing[0]} has no 'families' (built by an older qkcopy); rebuild the "
-                         "benchmark with --overwrite")
-    return {q["id"]: list(q["families"]) for q in queries}
+    out = {}
+    for q in json.loads(path.read_text())["queries"]:
+        if "families" in q:
+            out[q["id"]] = list(q["families"])
+        elif "edits" in q:  # a benchmark built before families were recorded: derive them from the recipe
+            out[q["id"]] = sorted({family_of_op(e["op"]) for e in q["edits"]})
+        else:
+            raise ValueError(f"{path}: query {q.get('id')} lists neither families nor edits; rebuild the benchmark")
+    return out
 
 
 def per_family_metrics(preds: Predictions, gt: GroundTruth,
