@@ -8,6 +8,7 @@ same weights, optimizer state and per-step losses, bit for bit, as a run never k
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,20 +132,23 @@ def test_index_add_killed_at_random_points_still_opens_and_agrees_with_its_ids(t
     finish(qkcopy("index", "--model", str(tiny_run), "--descriptors", str(descriptors / "refs.h5"), "--out",
                   str(idx)))
     (idx / "NOTES.md").write_text("kept")
-    start = time.monotonic()
-    probe = tmp_path / "probe"
-    finish(qkcopy("index", "--model", str(tiny_run), "--descriptors", str(descriptors / "refs.h5"), "--out",
-                  str(probe)))
+    shutil.copytree(idx, tmp_path / "probe")
+    start = time.monotonic()  # how long one uninterrupted --add takes here
+    finish(qkcopy("index", "--model", str(tiny_run), "--descriptors", str(descriptors / "more.h5"), "--out",
+                  str(tmp_path / "probe"), "--add"))
     duration = time.monotonic() - start
     allowed = [refs_ids, refs_ids + more_ids]
     rng, killed = random.Random(0), 0
-    for _ in range(6):
+    for _ in range(8):  # killed at random instants until one --add gets through
         proc = qkcopy("index", "--model", str(tiny_run), "--descriptors", str(descriptors / "more.h5"), "--out",
                       str(idx), "--add")
-        killed += kill_after(proc, rng.uniform(0.4, 1.1) * duration)
+        if not kill_after(proc, rng.uniform(0.3, 0.95) * duration):
+            assert proc.returncode == 0
+            break
+        killed += 1
         _check_agrees(idx, known, allowed)
         assert (idx / "NOTES.md").read_text() == "kept"
-        if len(ReferenceIndex.load(idx)) == len(refs_ids) + len(more_ids):
+        if len(ReferenceIndex.load(idx)) == len(refs_ids) + len(more_ids):  # killed after its swap
             break
     else:
         finish(qkcopy("index", "--model", str(tiny_run), "--descriptors", str(descriptors / "more.h5"), "--out",

@@ -132,3 +132,24 @@ def test_kill_inside_the_checkpoint_swap_resumes_exactly_and_the_log_has_each_st
     straight, resumed = _weights(tmp_path / "straight"), _weights(run)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_an_unknown_backbone_is_refused_before_the_images_are_read(images, tmp_path, capsys):
+    run = tmp_path / "run"
+    refused(["train", "--train-images", str(images[0].parent), "--out", str(run), *TINY,
+             "model.backbone=efficientnet_lite9"], capsys, "unknown timm model 'efficientnet_lite9'")
+    assert not run.exists()
+    with pytest.raises(ValueError, match="unknown timm model"):  # not "0 readable training images": first
+        Run.open(load_config("cpu", TINY + ["model.backbone=efficientnet_lite9"]), [tmp_path / "none.jpg"], run,
+                 resume=False)
+
+
+def test_a_reader_uses_the_previous_checkpoint_while_a_swap_is_cut_short(tiny_run, tmp_path):
+    from qkcopy.model.trained import load_trained
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    fingerprint = load_trained(run).fingerprint
+    (run / "checkpoints" / "latest").rename(run / "checkpoints" / ".latest.old-77")
+    assert load_trained(run).fingerprint == fingerprint  # read from the checkpoint being replaced
+    assert not (run / "checkpoints" / "latest").exists()  # and nothing renamed by a reader

@@ -158,6 +158,7 @@ class Run:
     @classmethod
     def _build(cls, cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, dist: Dist, method: Method,
                resume: bool) -> Run:
+        q, k = build_qk_models(cfg.model, cfg.seed)  # an unknown backbone or weights file: refused before any work
         all_paths = valid_images(sorted(Path(p) for p in train_paths))
         paths = all_paths[:cfg.data.max_train_images]  # slice end None: all
         if len(paths) < cfg.data.batch_size:
@@ -180,7 +181,6 @@ class Run:
         dist.barrier()
         pca = PCA.load(pca_path)
         device = dist.device
-        q, k = build_qk_models(cfg.model, cfg.seed)
         run = cls(cfg, run_dir, paths, device, q.to(device), k.to(device), Gist256(pca).to(device), data_hash,
                   method, dist)
         method.setup(run)
