@@ -16,7 +16,8 @@ from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.errors import ConfigError
 from qkcopy.retrieval.metrics import evaluate
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=60, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _real_files() -> dict[str, bytes]:
@@ -66,6 +67,19 @@ def test_loader_on_truncated_or_damaged_real_files_raises_only_image_error(tmp_p
         assert err.path == tmp_path / "x.jpg"
     else:
         assert img.mode == "RGB" and img.size == (64, 48)
+
+
+@FAST
+@given(pick=st.integers(0, 3), cut=st.floats(0, 1, exclude_max=True))
+def test_loader_on_truncated_development_photos_raises_only_image_error(shared_photos, tmp_path, pick, cut):
+    source = sorted((shared_photos / "train").glob("*.jpg"))[pick * 1000]  # real camera JPEGs, when present
+    data = source.read_bytes()
+    try:
+        img = _load_bytes(tmp_path, data[:int(len(data) * cut)])
+    except ImageError as err:
+        assert err.path == tmp_path / "x.jpg"
+    else:
+        assert img.mode == "RGB" and img.size == load_image(source).size
 
 
 # --- µAP ---
