@@ -3,6 +3,7 @@
 Each image differs from the others (own gradient, own shapes), so copy detection on them is meaningful.
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -29,3 +30,16 @@ def make_photos(folder: Path, n: int, seed: int = 0, prefix: str = "img") -> lis
         img.save(path, quality=95)
         paths.append(path)
     return paths
+
+
+def picture(w: int = 96, h: int = 64) -> Image.Image:
+    """Asymmetric colour gradient with a square, so flips and colour edits all change pixels."""
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([255 * x / w, 255 * y / h, 128 + 0 * x], axis=-1).astype(np.uint8)
+    a[h // 4 : h // 2, w // 5 : w // 3] = (250, 250, 0)
+    return Image.fromarray(a)
+
+
+def digest(img: Image.Image) -> str:
+    """Pixels and size of an image as one hash, to compare edits for identity."""
+    return hashlib.sha256(np.asarray(img).tobytes() + repr(img.size).encode()).hexdigest()

@@ -1,4 +1,3 @@
-import hashlib
 import inspect
 import json
 import logging
@@ -9,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from photo_pool import digest, picture
 from PIL import Image
 
 from qkcopy.cli import main
@@ -34,16 +34,8 @@ BRIEF_OPS = {
 }
 
 
-def picture(w=96, h=64) -> Image.Image:
-    """Asymmetric colour gradient with a square, so flips and colour edits all change pixels."""
-    y, x = np.mgrid[0:h, 0:w]
-    a = np.stack([255 * x / w, 255 * y / h, 128 + 0 * x], axis=-1).astype(np.uint8)
-    a[h // 4 : h // 2, w // 5 : w // 3] = (250, 250, 0)
-    return Image.fromarray(a)
 
 
-def digest(img: Image.Image) -> str:
-    return hashlib.sha256(np.asarray(img).tobytes() + repr(img.size).encode()).hexdigest()
 
 
 def test_op_list_covers_the_brief():

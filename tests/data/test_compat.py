@@ -1,26 +1,15 @@
 """The AugLy compat module: each patch fixes its op, is idempotent, and the unpatched op is really broken."""
 
-import hashlib
 import os
 import subprocess
 import sys
 
 import numpy as np
-from PIL import Image, ImageFont, features
+from photo_pool import digest, picture
+from PIL import ImageFont, features
 
 from qkcopy.data import augment as aug
 from qkcopy.data.compat import _perspective_coeffs, patch_augly
-
-
-def picture(w=96, h=64) -> Image.Image:
-    """Asymmetric colour gradient with a square, so flips and colour edits all change pixels."""
-    y, x = np.mgrid[0:h, 0:w]
-    a = np.stack([255 * x / w, 255 * y / h, 128 + 0 * x], axis=-1).astype(np.uint8)
-    a[h // 4 : h // 2, w // 5 : w // 3] = (250, 250, 0)
-    return Image.fromarray(a)
-
-def digest(img: Image.Image) -> str:
-    return hashlib.sha256(np.asarray(img).tobytes() + repr(img.size).encode()).hexdigest()
 
 BROKEN = """
 import os
