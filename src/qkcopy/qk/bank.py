@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,9 +80,15 @@ class Bank:
         expected = _data_offset(header_bytes) + header.n_rows * header.width * 2
         if path.stat().st_size != expected:
             raise ValueError(f"{path}: size {path.stat().st_size} bytes, header says {expected}; file is damaged")
-        array = np.memmap(path, dtype=np.float16, mode="c", offset=_data_offset(header_bytes),
+        array = np.memmap(path, dtype=np.float16, mode="r", offset=_data_offset(header_bytes),
                           shape=(header.n_rows, header.width))
-        return cls(path, header, torch.from_numpy(np.asarray(array)))  # copy-on-write view: the file is never modified
+        # A read-only shared mapping: no memory is committed for it, so a bank larger than RAM opens (a
+        # copy-on-write one is refused beyond free memory: ENOMEM at 10M rows, 31 GB, on a 23 GB machine).
+        # torch warns that the tensor is not writable; nothing writes to bank rows.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            rows = torch.from_numpy(array)
+        return cls(path, header, rows)
 
     def chunks(self, chunk_rows: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (row_offset, rows (C, F) float32 on device) over the whole bank."""
