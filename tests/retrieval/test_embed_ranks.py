@@ -78,3 +78,25 @@ def test_one_rank_is_embed_collection(tiny_run, make_images, tmp_path):
     assert got.ids == [p.stem for p in paths] and got.vectors.shape[0] == 3
     with pytest.raises(ValueError, match="side"):
         embed_collection_ranks(load_trained(tiny_run), paths, "sideways", tmp_path / "x", Dist(world=2))
+
+
+@pytest.mark.slow
+def test_torchrun_embed_cli_writes_the_files_of_one_process(tiny_run, make_images, tmp_path):
+    """`torchrun --nproc-per-node 2 -m qkcopy embed` (gloo) against plain `qkcopy embed`: same bytes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_images(tmp_path / "imgs", 5)
+    args = ["embed", "--model", str(tiny_run), "--images", str(tmp_path / "imgs"), "--side", "query",
+            "--batch", "2", "--workers", "1", "--shard-size", "2", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    subprocess.run([sys.executable, "-m", "qkcopy", *args, "--out", str(tmp_path / "one" / "q")], check=True,
+                   env=env, timeout=300)
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "qkcopy", *args,
+                           "--out", str(tmp_path / "two" / "q")], check=True, env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.stdout.count("query descriptors") == 1  # rank 0 reports
+    for name in ("q.npy", "q_ids.txt", "q.h5"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
