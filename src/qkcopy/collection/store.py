@@ -210,15 +210,17 @@ class Store:
 
     def get(self, ids: Sequence[int]) -> dict[int, Ref]:
         """The references among `ids` that exist, by id."""
-        out: dict[int, Ref] = {}
-        ids = [int(i) for i in ids]
-        with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))  # placeholders only; the values are bound
-                for row in self._db.execute(f"SELECT {_REF_COLUMNS} FROM refs WHERE id IN ({marks})", chunk):
-                    out[row[0]] = _ref(row)
-        return out
+        rows = self._where_in(f"SELECT {_REF_COLUMNS} FROM refs WHERE id IN ({{marks}})", [int(i) for i in ids])
+        return {row[0]: _ref(row) for chunk in rows for row in chunk}
+
+    def _where_in(self, sql: str, values: Sequence, before: Sequence = ()) -> Iterator[list[tuple]]:
+        """`sql` with "{marks}" run over `values` in chunks of 500 bound parameters (after `before`)."""
+        values = list(values)
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            with self._lock:  # the placeholders only are formatted into the SQL; the values are bound
+                rows = self._db.execute(sql.format(marks=",".join("?" * len(chunk))), [*before, *chunk]).fetchall()
+            yield rows
 
     def thumbnail(self, ref_id: int) -> bytes | None:
         with self._lock:
@@ -227,15 +229,8 @@ class Store:
 
     def known_hashes(self, bank: str, hashes: Sequence[str]) -> dict[str, int]:
         """sha256 → id for the hashes already in `bank`."""
-        out: dict[str, int] = {}
-        hashes = list(hashes)
-        with self._lock:
-            for start in range(0, len(hashes), 500):
-                chunk = hashes[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                out.update((h, i) for h, i in self._db.execute(
-                    f"SELECT sha256, id FROM refs WHERE bank = ? AND sha256 IN ({marks})", [bank, *chunk]))
-        return out
+        rows = self._where_in("SELECT sha256, id FROM refs WHERE bank = ? AND sha256 IN ({marks})", hashes, [bank])
+        return {h: i for chunk in rows for h, i in chunk}
 
     def list(self, bank: str | None = None, after: int = 0, limit: int = 100) -> list[Ref]:
         """References in id order, `limit` of them after id `after` (keyset pagination)."""
@@ -260,13 +255,8 @@ class Store:
                 batch: int = 50_000) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
         """(ids (n,) int64, banks, vectors (n, E) float32) in chunks: all references, or those among `ids`."""
         if ids is not None:
-            ids = [int(i) for i in ids]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                with self._lock:
-                    rows = self._db.execute(f"SELECT id, bank, vector FROM refs WHERE id IN ({marks}) ORDER BY id",
-                                            chunk).fetchall()
+            for rows in self._where_in("SELECT id, bank, vector FROM refs WHERE id IN ({marks}) ORDER BY id",
+                                       [int(i) for i in ids]):
                 if rows:
                     yield _unpack(rows, dim)
             return
