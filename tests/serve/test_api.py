@@ -212,3 +212,23 @@ def test_full_queue_is_429_and_a_stuck_model_is_503_with_retry_after(collection_
         assert api.get("/readyz").status_code == 503
         gate.set()
     service.collection.close()
+
+
+@pytest.mark.slow
+def test_onnx_runtime_gives_the_torch_descriptors_and_matches(collection_dir, keys, pictures):
+    from qkcopy.collection.describe import Describer
+    from qkcopy.data.images import load_image
+
+    service = open_service(collection_dir, device="cpu", limits=LIMITS, runtime="onnx")
+    torch_describer = Describer(service.describer.trained)
+    items = [service.describer.prepare(load_image(p)) for p in pictures["copies"] + pictures["refs"][:2]]
+    for side in ("query", "reference"):
+        onnx = service.describer.describe(side, items)
+        assert onnx.shape == (5, 256) and abs(onnx - torch_describer.describe(side, items)).max() < 1e-4
+    assert (collection_dir / f"onnx-{service.collection.fingerprint}" / "q.onnx").is_file()
+    with TestClient(create_app(service, KeyRing(service.collection.store))) as api:
+        r = api.post("/v1/match", files={"images": jpeg(pictures["copies"][1])}, headers=h(keys["read"]))
+        assert r.json()["results"][0]["matches"][0]["name"] == "ref001.jpg"
+    service.collection.close()
+    with pytest.raises(ValueError, match="runtime must be"):
+        open_service(collection_dir, device="cpu", runtime="tensorrt")

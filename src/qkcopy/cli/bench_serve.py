@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkcopy.collection import Collection
-    from qkcopy.collection.describe import Describer, add_files
+    from qkcopy.collection.describe import Describer, add_files, onnx_sessions
     from qkcopy.data.images import scan_images
     from qkcopy.io import atomic_write_json
     from qkcopy.model.trained import load_trained
@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             row["service_ivf"] = bench.bench_service(coll_dir, key, query, [])
             row["service_ivf"]["nlist"], row["service_ivf"]["nprobe"] = nlist, 16
             print(f"N={n} service, IVF index:", row["service_ivf"], flush=True)
+            save()
+            onnx_sessions(trained, coll_dir / f"onnx-{trained.fingerprint}", 1)  # export before the timed start
+            row["service_ivf_onnx"] = bench.bench_service(coll_dir, key, query, [], runtime="onnx")
+            print(f"N={n} service, IVF index, onnxruntime:", row["service_ivf_onnx"], flush=True)
             save()
             shutil.rmtree(coll_dir, ignore_errors=True)
     print(f"results: {args.out / 'results.json'}")

@@ -18,6 +18,7 @@ OPTIONS = (  # name, type, default, help
     ("port", int, 8000, "port"),
     ("model", Path, None, "run directory [the collection's model]"),
     ("device", str, "auto", "cpu, cuda, cuda:1 …"),
+    ("runtime", str, "torch", "torch, or onnx (onnxruntime on the CPU, ~2.5x faster; exported once)"),
     ("max_batch", int, 16, "images per model call"),
     ("max_wait_ms", float, 5.0, "longest a request waits for others to share its model call"),
     ("queue", int, 64, "images waiting for the model before requests get 429"),
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
                     timeout_s=args.timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     queue_size=args.queue)
-    service = open_service(args.collection, args.model, args.device, limits)
+    service = open_service(args.collection, args.model, args.device, limits, args.runtime)
     keys = KeyRing(service.collection.store)
     if len(keys) == 0:
         token = create_key(service.collection.store, "admin", ["read", "write"])

@@ -54,9 +54,38 @@ class Prepared:
     gist_pixels: torch.Tensor  # (3, 32, 32) float32
 
 
+RUNTIMES = ("torch", "onnx")
+
+
+def onnx_sessions(trained, folder: Path, threads: int) -> dict:
+    """onnxruntime sessions of q.onnx and k.onnx in `folder`, exported once (`qkcopy export`) if absent.
+
+    The exported files hold the whole descriptor (backbone, head, GIST, PCA; docs/EXPORT.md) and run it about
+    2.5× faster than PyTorch on one CPU thread (docs/RESULTS.md); their fingerprint must be the model's."""
+    import json
+
+    import onnxruntime as ort
+
+    from qkcopy.model.export import export_models
+
+    meta = folder / "export.json"
+    if not meta.is_file() or not (folder / "q.onnx").is_file() or not (folder / "k.onnx").is_file():
+        log.info("exporting the model to ONNX in %s (once)", folder)
+        export_models(trained, folder, ["onnx"])
+    found = json.loads(meta.read_text()).get("fingerprint")
+    if found != trained.fingerprint:
+        raise ValueError(f"{folder} holds an export of model {found}, not {trained.fingerprint}; remove it")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
+    return {side: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+            for side, name in (("query", "q"), ("reference", "k"))}
+
+
 class Describer:
-    def __init__(self, trained) -> None:
-        self.trained = trained
+    """Q and K over prepared images, with PyTorch or (`sessions` from `onnx_sessions`) onnxruntime."""
+
+    def __init__(self, trained, sessions: dict | None = None) -> None:
+        self.trained, self.sessions = trained, sessions
         self.fingerprint: str = trained.fingerprint
         self.dim: int = trained.cfg.model.descriptor_dim
         self.device = next(trained.q.parameters()).device
@@ -71,9 +100,13 @@ class Describer:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         if not items:
             return np.zeros((0, self.dim), np.float32)
+        pixels = torch.stack([p.pixels for p in items])  # (B, 3, S, S)
+        gist_pixels = torch.stack([p.gist_pixels for p in items])  # (B, 3, 32, 32)
+        if self.sessions is not None:
+            feed = {"pixels": pixels.numpy(), "gist_pixels": gist_pixels.numpy()}
+            return self.sessions[side].run(["descriptor"], feed)[0].astype(np.float32)  # (B, E)
         model = self.trained.q if side == "query" else self.trained.k
-        pixels = torch.stack([p.pixels for p in items]).to(self.device)  # (B, 3, S, S)
-        gist_pixels = torch.stack([p.gist_pixels for p in items]).to(self.device)  # (B, 3, 32, 32)
+        pixels, gist_pixels = pixels.to(self.device), gist_pixels.to(self.device)
         with autocast(self.device):
             vectors = model(pixels, self.trained.gist256(gist_pixels))  # (B, E)
         return vectors.float().cpu().numpy()

@@ -147,7 +147,7 @@ def _rss_mb(pid: int) -> dict:
 
 
 def bench_service(collection: Path, key: str, query: bytes, add_images: list[bytes], requests: int = 100,
-                  levels=(1, 8, 32), per_level: int = 150, max_s: float = 90.0) -> dict:
+                  levels=(1, 8, 32), per_level: int = 150, max_s: float = 90.0, runtime: str = "torch") -> dict:
     import httpx
 
     with socket.socket() as s:
@@ -157,7 +157,8 @@ def bench_service(collection: Path, key: str, query: bytes, add_images: list[byt
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "qkcopy", "serve", str(collection), "--port", str(port),
-                             "--device", "cpu", "--threads", "1", "--queue", "256", "--snapshot-interval", "3600"],
+                             "--device", "cpu", "--threads", "1", "--queue", "256", "--snapshot-interval", "3600",
+                             "--runtime", runtime],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     headers = {"Authorization": f"Bearer {key}"}
     try:

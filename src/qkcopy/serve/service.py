@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -169,9 +170,17 @@ class MatchService:
         return results
 
 
-def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits()) -> MatchService:
-    """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint)."""
+def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits(),
+                 runtime: str = "torch") -> MatchService:
+    """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint);
+    runtime "onnx" runs the model with onnxruntime (exported once into COLLECTION/onnx-<fingerprint>)."""
+    import torch
+
+    from qkcopy.collection.describe import RUNTIMES, onnx_sessions
     from qkcopy.model.trained import load_trained
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
 
     collection = Collection.open(collection_dir)
     model = model or collection.model_path
@@ -182,4 +191,9 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
         collection.close()
         raise ValueError(f"{model} is model {trained.fingerprint}, but {collection_dir} holds references of model "
                          f"{collection.fingerprint}; serve it with that model or re-embed into a new collection")
-    return MatchService(collection, Describer(trained), limits)
+    sessions = None
+    if runtime == "onnx":
+        if next(trained.q.parameters()).device.type != "cpu":
+            raise ValueError("--runtime onnx runs on the CPU; use --device cpu (or the torch runtime on a GPU)")
+        sessions = onnx_sessions(trained, Path(collection_dir) / f"onnx-{trained.fingerprint}", torch.get_num_threads())
+    return MatchService(collection, Describer(trained, sessions), limits)
