@@ -8,7 +8,8 @@ F = D + G bank row width, E descriptor dim, M hard negatives per positive, K = B
 With one process (`Dist()`, world 1) every collective below is the identity. With W ranks (torchrun):
 1. the batch's descriptors and positive rows are all-gathered (the descriptors differentiably);
 2. each rank passes the frozen side's head over its own bank shard (no grad), chunk by chunk, keeping a
-   running top-K of its distances to the whole global batch, positives excluded;
+   running top-K of its distances to the whole global batch, positives excluded — or, given a
+   `qk.mining.BoundedMiner`, only over the rows that its bounds cannot rule out (the same top-K, exactly);
 3. the W candidate lists (distance, batch index, row) are all-gathered and every rank picks the same global
    K hardest pairs, ties broken by (distance, batch index, row);
 4. each rank re-runs the head WITH grad on the selected rows it owns; those keys are all-gathered
