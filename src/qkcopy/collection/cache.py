@@ -219,7 +219,7 @@ class IndexCache:
                     (FORMAT, fingerprint, dim, kind):
                 log.warning("snapshot in %s is for another model or index type; rebuilding", directory)
                 return None
-            index = faiss.deserialize_index(np.fromfile(directory / "index.faiss", np.uint8))
+            index = faiss.read_index(str(directory / "index.faiss"))  # no intermediate copy of the bytes
             with np.load(directory / "banks.npz", allow_pickle=False) as z:
                 members = {b: z[f"b{i}"] for i, b in enumerate(meta["banks"])}
         except (OSError, ValueError, KeyError, RuntimeError) as err:
