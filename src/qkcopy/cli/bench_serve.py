@@ -17,7 +17,8 @@ PARTS = ("index", "store", "real", "service")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-serve", help="figures of the matching service (benchmark)", description=__doc__)
     p.add_argument("--model", type=Path, required=True, help="run directory (or a checkpoint inside one)")
-    p.add_argument("--images", type=Path, required=True, help="real reference photos (e.g. data/dev/references)")
+    p.add_argument("--images", type=Path, nargs="+", required=True,
+                   help="folders of real reference photos (e.g. data/dev/references data/dev/train)")
     p.add_argument("--queries", type=Path, help="real query photos for the IVF recall on real descriptors")
     p.add_argument("--threshold", type=float, help="copy threshold (score) for the IVF copy-top-1 agreement")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="reference counts")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     faiss.omp_set_num_threads(1)
     trained = load_trained(args.model, "cpu")
-    photos = scan_images(args.images)
+    photos = [p for folder in args.images for p in scan_images(folder)]
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = dict(threads=1, sizes=args.sizes, model=trained.fingerprint, cpu_count=__import__("os").cpu_count())
 

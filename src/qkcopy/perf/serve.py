@@ -104,7 +104,10 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: floa
     from qkcopy.retrieval.index import default_nlist
 
     size = trained.cfg.model.image_size
-    files = [cache / f"real-{side}-{trained.fingerprint}.npy" for side in ("references", "queries")]
+    from qkcopy.io import files_fingerprint
+
+    key = files_fingerprint([*ref_paths, *query_paths])  # the model and the exact image sets
+    files = [cache / f"real-{side}-{trained.fingerprint}-{key}.npy" for side in ("references", "queries")]
     if not all(f.is_file() for f in files):
         for f, model, paths, desc in zip(files, (trained.k, trained.q), (ref_paths, query_paths),
                                          ("references (K)", "queries (Q)")):
