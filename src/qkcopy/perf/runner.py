@@ -187,6 +187,13 @@ def format_tables(result: dict) -> str:
         lines += [f"| {n:,} | {s['steps']} | {s['full_passes']} | {100 * s['mean_fraction_evaluated']:.2f} % "
                   f"| {s['qk_bounded_step_s']:.2f} | {s['simclr_step_s']:.2f} | {s['qk_bounded_over_simclr']:.2f} "
                   f"| {'–' if peak is None else f'{peak / 1e6:.0f}'} |" for n, s, peak in seq]
+        warm = [(n, s) for n, s, _ in seq if s["steps"] > 1]
+        lines += ["", "| N | after the first step (cold cache): steps | full passes | rows evaluated per step "
+                  "| QK bounded/SimCLR |", "|---|---|---|---|---|"] if warm else []
+        for n, s in warm:
+            q, c, f = s["qk_bounded_times"][1:], s["simclr_times"][1:], s["fractions_evaluated"][1:]
+            lines.append(f"| {n:,} | {len(q)} | {sum(x == 1.0 for x in f)} | {100 * min(f):.3f}–{100 * max(f):.3f} % "
+                         f"| {sum(q) / sum(c):.3f} |")
     lines += ["", f"embedding {e['images']} JPEGs: {e['embed_images_per_s']:.1f} img/s through embed_paths, "
               f"{e['forward_images_per_s']:.1f} img/s bare model forward (batch {result['config']['batch']})"]
     if result["world"]:
