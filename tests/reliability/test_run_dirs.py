@@ -69,7 +69,12 @@ def test_a_start_killed_before_its_first_checkpoint_is_started_over(images, tmp_
         opened = Run.open(cfg, images, run, resume=resume)
         assert opened.resume_point() == (0, 0)
         assert not (run / "banks").exists() and not (run / "train_log.jsonl").exists()
-    (run / "notes.txt").write_text("mine")  # a folder holding something else is never cleared
+    (run / "checkpoints" / "Q1").mkdir(parents=True)  # a phase checkpoint without latest: never cleared
+    with pytest.raises(RunDirExists):
+        Run.open(cfg, images, run, resume=False)
+    assert (run / "checkpoints" / "Q1").is_dir()
+    shutil.rmtree(run / "checkpoints")
+    (run / "notes.txt").write_text("mine")  # nor is a folder holding something else
     with pytest.raises(RunDirExists, match="not empty; pass --resume"):
         Run.open(cfg, images, run, resume=False)
     assert (run / "notes.txt").read_text() == "mine"

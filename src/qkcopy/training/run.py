@@ -6,8 +6,8 @@ Layout of a run directory:
     train_log.jsonl    one JSON line per step       evaluations.jsonl  metrics after each segment
     banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
 
-A directory that holds only these files but no checkpoints/latest (a start that failed or was killed before
-its first checkpoint) is started over, with or without --resume, and --resume of a missing or empty directory
+A directory that holds only these files and no checkpoint but checkpoints/init (a start that failed or was
+killed before its first checkpoint) is started over, with or without --resume, and --resume of a missing or empty directory
 starts the run: a retry is never blocked. A failed start in a new directory removes what it wrote.
 """
 
@@ -50,7 +50,10 @@ def _unstarted_run(run_dir: Path) -> bool:
     if not run_dir.is_dir() or (run_dir / "checkpoints" / "latest").exists():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    return bool(names) and names <= RUN_ENTRIES and bool(names & {"config.yaml", "provenance.json"})
+    if not names or not names <= RUN_ENTRIES or not names & {"config.yaml", "provenance.json"}:
+        return False
+    ckpts = run_dir / "checkpoints"  # only the head-init checkpoint (redone on a restart) may be there
+    return not ckpts.is_dir() or all(p.name == "init" or p.name.startswith(".") for p in ckpts.iterdir())
 
 
 def _clear_run(run_dir: Path) -> None:
