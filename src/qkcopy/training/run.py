@@ -7,8 +7,9 @@ Layout of a run directory:
     banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
 
 A directory that holds only these files and no checkpoint but checkpoints/init (a start that failed or was
-killed before its first checkpoint) is started over, with or without --resume, and --resume of a missing or empty directory
-starts the run: a retry is never blocked. A failed start in a new directory removes what it wrote.
+killed before its first checkpoint) is started over, with or without --resume, and --resume of a missing or
+empty directory starts the run: a retry is never blocked. A failed start in a new directory removes what it
+wrote.
 """
 
 from __future__ import annotations
