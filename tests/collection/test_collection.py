@@ -46,6 +46,11 @@ def test_add_search_remove_match_a_brute_force_search(coll):
     assert [m.id for m in coll.search(q, k=5)[0]] == _brute(by_id, q[0], 5)
     assert coll.check()["consistent"] and coll.check()["index"] == 48
     assert coll.get(3) is None and coll.get(5).name == "r4.jpg"
+    assert list(coll.store.vectors(E, [3, 4])) == []  # the removal took the vectors with it
+    import sqlite3
+    db = sqlite3.connect(coll.root / DB_NAME)
+    assert db.execute("SELECT COUNT(*) FROM ref_vectors").fetchone()[0] == 48
+    db.close()
 
 
 def test_exact_re_add_returns_the_existing_id_per_bank(coll):

@@ -7,8 +7,10 @@ cache.py). Tables:
 - `settings` (key, value JSON): format, model fingerprint, descriptor dim, threshold, index type and
   parameters, `log_floor` (changes up to it were dropped from `changes` after a snapshot held them).
 - `refs`: one row per reference: id (never reused), name, sha256 of the file bytes, bank, metadata JSON,
-  added_at, the E-d K-descriptor (float32 bytes), a small JPEG thumbnail. (bank, sha256) is unique: adding
-  the same bytes to the same bank again returns the existing row.
+  added_at. (bank, sha256) is unique: adding the same bytes to the same bank again returns the existing row.
+- `ref_vectors` (the E-d K descriptor, float32 bytes) and `ref_thumbs` (a small JPEG), one row per reference,
+  apart from `refs` so that the rows a lookup reads stay small (at 1M references `refs` is ~10% of the file
+  and stays in the page cache; the vectors are read only to rebuild or catch up the index).
 - `changes` (seq, op, ref_id, bank): every add and remove, in commit order; the index cache replays the ones
   after its snapshot.
 - `api_keys` (name, hash, scopes): the service's keys, stored as SHA-256 hashes only (see serve/auth.py).
@@ -43,10 +45,10 @@ MIGRATIONS: tuple[str, ...] = (
         bank TEXT NOT NULL,
         meta TEXT NOT NULL,
         added_at REAL NOT NULL,
-        vector BLOB NOT NULL,
-        thumb BLOB,
         UNIQUE (bank, sha256)
     );
+    CREATE TABLE ref_vectors (id INTEGER PRIMARY KEY REFERENCES refs (id) ON DELETE CASCADE, vector BLOB NOT NULL);
+    CREATE TABLE ref_thumbs (id INTEGER PRIMARY KEY REFERENCES refs (id) ON DELETE CASCADE, thumb BLOB NOT NULL);
     CREATE INDEX refs_bank ON refs (bank, id);
     CREATE TABLE changes (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -187,10 +189,11 @@ class Store:
                 if row is not None:
                     out.append(Added(row[0], True))
                     continue
-                cur = db.execute("INSERT INTO refs (name, sha256, bank, meta, added_at, vector, thumb) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (r.name, r.sha256, r.bank, json.dumps(r.meta, sort_keys=True), now,
-                                  vector.tobytes(), r.thumb))
+                cur = db.execute("INSERT INTO refs (name, sha256, bank, meta, added_at) VALUES (?, ?, ?, ?, ?)",
+                                 (r.name, r.sha256, r.bank, json.dumps(r.meta, sort_keys=True), now))
+                db.execute("INSERT INTO ref_vectors (id, vector) VALUES (?, ?)", (cur.lastrowid, vector.tobytes()))
+                if r.thumb:
+                    db.execute("INSERT INTO ref_thumbs (id, thumb) VALUES (?, ?)", (cur.lastrowid, r.thumb))
                 db.execute("INSERT INTO changes (op, ref_id, bank) VALUES ('add', ?, ?)", (cur.lastrowid, r.bank))
                 out.append(Added(cur.lastrowid, False))
         return out
@@ -203,7 +206,7 @@ class Store:
                 row = db.execute("SELECT bank FROM refs WHERE id = ?", (int(i),)).fetchone()
                 if row is None:
                     continue
-                db.execute("DELETE FROM refs WHERE id = ?", (int(i),))
+                db.execute("DELETE FROM refs WHERE id = ?", (int(i),))  # cascades to its vector and thumbnail
                 db.execute("INSERT INTO changes (op, ref_id, bank) VALUES ('remove', ?, ?)", (int(i), row[0]))
                 gone.append(int(i))
         return gone
@@ -224,7 +227,7 @@ class Store:
 
     def thumbnail(self, ref_id: int) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT thumb FROM refs WHERE id = ?", (int(ref_id),)).fetchone()
+            row = self._db.execute("SELECT thumb FROM ref_thumbs WHERE id = ?", (int(ref_id),)).fetchone()
         return None if row is None else row[0]
 
     def known_hashes(self, bank: str, hashes: Sequence[str]) -> dict[str, int]:
@@ -255,7 +258,8 @@ class Store:
                 batch: int = 50_000) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
         """(ids (n,) int64, banks, vectors (n, E) float32) in chunks: all references, or those among `ids`."""
         if ids is not None:
-            for rows in self._where_in("SELECT id, bank, vector FROM refs WHERE id IN ({marks}) ORDER BY id",
+            for rows in self._where_in("SELECT r.id, r.bank, v.vector FROM refs r JOIN ref_vectors v ON v.id = r.id "
+                                       "WHERE r.id IN ({marks}) ORDER BY r.id",
                                        [int(i) for i in ids]):
                 if rows:
                     yield _unpack(rows, dim)
@@ -263,8 +267,8 @@ class Store:
         after = 0
         while True:
             with self._lock:
-                rows = self._db.execute("SELECT id, bank, vector FROM refs WHERE id > ? ORDER BY id LIMIT ?",
-                                        (after, batch)).fetchall()
+                rows = self._db.execute("SELECT r.id, r.bank, v.vector FROM refs r JOIN ref_vectors v ON v.id = r.id "
+                                        "WHERE r.id > ? ORDER BY r.id LIMIT ?", (after, batch)).fetchall()
             if not rows:
                 return
             yield _unpack(rows, dim)
