@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qkcopy.errors import DataError, ThresholdError
 from qkcopy.retrieval.calibrate import Threshold, check_score_threshold
 from qkcopy.retrieval.embed_shards import device_of, image_ids
 from qkcopy.retrieval.embed import embed_paths
@@ -71,8 +72,8 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
     if isinstance(threshold, Threshold):
         if threshold.fingerprint != trained.fingerprint:
-            raise ValueError(f"the threshold was calibrated for model {threshold.fingerprint}, not "
-                             f"{trained.fingerprint}; run `qkcopy eval` with this model")
+            raise ThresholdError(f"the threshold was calibrated for model {threshold.fingerprint}, not "
+                                 f"{trained.fingerprint}; run `qkcopy eval` with this model")
         if not threshold.target_met:
             log.warning("this threshold did not reach precision %.2f on its benchmark (it had %.3f)",
                         threshold.target_precision, threshold.precision)
@@ -86,7 +87,8 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     emb = embed_paths(trained.q, trained.gist256, paths, trained.cfg.model.image_size, batch_size=batch_size,
                       workers=workers, device=device_of(trained.q), desc="queries")
     if not emb.ids:
-        raise ValueError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}")
+        raise DataError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}",
+                        emb.skipped[0])
     sqdist, rows = index.search(emb.vectors, k, nprobe)  # (Nq, k), (Nq, k)
     matches = []
     for qid, dists, refs in zip(emb.ids, sqdist.tolist(), rows.tolist()):
