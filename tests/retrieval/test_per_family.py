@@ -11,7 +11,7 @@ from qkcopy.cli import main
 from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
-from qkcopy.retrieval.families import family_table, per_family_metrics, query_families
+from qkcopy.retrieval.per_family import family_table, per_family_metrics, query_families
 from qkcopy.retrieval.metrics import evaluate
 
 

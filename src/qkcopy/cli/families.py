@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.data.benchmark import load_benchmark
     from qkcopy.data.isc_csv import Predictions
     from qkcopy.io import atomic_write
-    from qkcopy.retrieval.families import family_table, per_family_metrics, query_families
+    from qkcopy.retrieval.per_family import family_table, per_family_metrics, query_families
 
     bench = load_benchmark(args.benchmark)
     families = query_families(bench)
