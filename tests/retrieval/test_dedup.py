@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from qkcopy.cli import main
-from qkcopy.retrieval.dedup import copy_pairs, groups_of, pairs_within, precision_recall, read_ground_truth
+from qkcopy.retrieval.dedup import (
+    copy_pairs,
+    groups_of,
+    pairs_within,
+    precision_recall,
+    read_ground_truth,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

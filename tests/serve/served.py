@@ -4,9 +4,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import draw_images
 from PIL import Image, ImageEnhance
 
-from conftest import draw_images
 from qkcopy.collection import Collection
 from qkcopy.collection.describe import Describer, add_files
 from qkcopy.model.trained import load_trained

@@ -6,12 +6,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing
 from qkcopy.serve.service import Limits, open_service
-
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LIMITS = Limits(max_upload_bytes=300_000, max_pixels=4_000_000, max_images=4, timeout_s=20)

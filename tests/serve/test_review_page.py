@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing
 from qkcopy.serve.service import open_service
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

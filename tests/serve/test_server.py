@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from conftest import draw_images
+from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
+
 from qkcopy.cli import main
 from qkcopy.client import ApiError, Client
 from qkcopy.collection import Collection
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 
 def _free_port() -> int:

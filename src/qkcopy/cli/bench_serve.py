@@ -5,7 +5,6 @@ only; every load loop is bounded. Run it on an otherwise idle machine, one torch
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 from pathlib import Path

@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options
-
 INDEX_TYPES = ("flat", "ivf", "ivfpq")  # qkcopy.retrieval.index.INDEX_TYPES (imported lazily: faiss)
 
 

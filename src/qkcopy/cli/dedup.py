@@ -5,7 +5,6 @@ with --ground-truth, precision and recall over pairs."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from qkcopy.cli import add_embedding_options
@@ -28,7 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.data.images import scan_images
     from qkcopy.model.trained import load_trained
     from qkcopy.retrieval.calibrate import Threshold, load_threshold
-    from qkcopy.retrieval.dedup import evaluate, find_duplicates, read_ground_truth, write_report
+    from qkcopy.retrieval.dedup import (
+        evaluate,
+        find_duplicates,
+        read_ground_truth,
+        write_report,
+    )
 
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")

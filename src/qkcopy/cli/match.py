@@ -5,7 +5,6 @@ image (its verdict and best match) and, with --out, writes every match as JSON."
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 

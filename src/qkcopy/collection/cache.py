@@ -27,7 +27,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from qkcopy.collection.store import Change, Store
+from qkcopy.collection.records import Change
+from qkcopy.collection.store import Store
 from qkcopy.io import atomic_dir, recover_dir
 from qkcopy.retrieval.index import INDEX_TYPES, PQ_BITS, default_nlist
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from qkcopy.collection.cache import IndexCache, StaleCache
-from qkcopy.collection.store import DB_NAME, Added, NewRef, Ref, Store
+from qkcopy.collection.records import Added, NewRef, Ref
+from qkcopy.collection.store import DB_NAME, Store
 from qkcopy.retrieval.calibrate import Threshold
 from qkcopy.retrieval.index import INDEX_TYPES, FingerprintMismatch
 

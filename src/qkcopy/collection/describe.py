@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from qkcopy.collection.collection import Collection
-from qkcopy.collection.store import NewRef
+from qkcopy.collection.records import NewRef
 from qkcopy.data.images import ImageError, SkipLog, load_image
 from qkcopy.data.training import image_pair
 from qkcopy.device import autocast

@@ -26,10 +26,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from qkcopy.collection.records import Added, Change, NewRef, Ref
 
 SCHEMA_VERSION = 1
 DB_NAME = "collection.db"
@@ -68,44 +69,6 @@ MIGRATIONS: tuple[str, ...] = (
 
 class StoreError(ValueError):
     """The database is not a qkcopy collection, or is of a newer schema."""
-
-
-@dataclass(frozen=True)
-class NewRef:
-    name: str
-    sha256: str
-    bank: str
-    meta: dict
-    vector: np.ndarray  # (E,) float32
-    thumb: bytes | None = None
-
-
-@dataclass(frozen=True)
-class Ref:
-    id: int
-    name: str
-    sha256: str
-    bank: str
-    meta: dict
-    added_at: float
-
-    def as_dict(self) -> dict:
-        return dict(id=self.id, name=self.name, sha256=self.sha256, bank=self.bank, metadata=self.meta,
-                    added_at=self.added_at)
-
-
-@dataclass(frozen=True)
-class Added:
-    id: int
-    existing: bool  # True: these bytes were already in this bank; nothing was added
-
-
-@dataclass(frozen=True)
-class Change:
-    seq: int
-    op: str  # "add" | "remove"
-    ref_id: int
-    bank: str
 
 
 _REF_COLUMNS = "id, name, sha256, bank, meta, added_at"

@@ -200,7 +200,8 @@ def bench_service(collection: Path, key: str, query: bytes, add_images: list[byt
         for level in levels:
             start = time.perf_counter()
             with ThreadPoolExecutor(level) as pool:
-                done = list(pool.map(lambda _: client(max(1, per_level // level), start + max_s), range(level)))
+                each, deadline = max(1, per_level // level), start + max_s
+                done = list(pool.map(lambda _, n=each, d=deadline: client(n, d), range(level)))
             took = time.perf_counter() - start
             ok = sum(d[0] for d in done)
             out["throughput"][level] = dict(matches_per_s=ok / took, ok=ok, refused=sum(d[1] for d in done),

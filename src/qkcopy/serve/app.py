@@ -22,13 +22,17 @@ from importlib import resources
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    generate_latest,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qkcopy.serve import schemas
 from qkcopy.serve.auth import Forbidden, KeyRing, Unauthorized
 from qkcopy.serve.batcher import NotRunning, Overloaded
+from qkcopy.serve.metrics import Metrics
 from qkcopy.serve.service import MatchService, NotFound, Timeout, UploadError
 
 log = logging.getLogger(__name__)
@@ -78,26 +82,6 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-class Metrics:
-    def __init__(self, service: MatchService) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("qkcopy_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("qkcopy_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-        self.batch = Histogram("qkcopy_batch_size", "images per model call", registry=self.registry,
-                               buckets=(1, 2, 4, 8, 16, 32, 64))
-        self.queue_wait = Histogram("qkcopy_queue_wait_seconds", "time a job waited for the model",
-                                    registry=self.registry, buckets=(.001, .005, .01, .025, .05, .1, .5, 1, 5))
-        Gauge("qkcopy_queue_depth", "jobs waiting for the model", registry=self.registry).set_function(
-            lambda: service.batcher.depth)
-        Gauge("qkcopy_references", "references in the index", registry=self.registry).set_function(
-            lambda: len(service.collection.index()) if service.batcher.alive else 0)
-
-    def on_batch(self, size: int, waited: float, took: float) -> None:
-        self.batch.observe(size)
-        self.queue_wait.observe(waited)
-
-
 def _token(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -130,7 +114,9 @@ def create_app(service: MatchService, keys: KeyRing, snapshot_interval_s: float 
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
 
     # --- errors: one place ---
-    retry = lambda err: {"Retry-After": str(getattr(err, "retry_after", 1))}  # noqa: E731
+    def retry(err) -> dict:
+        return {"Retry-After": str(getattr(err, "retry_after", 1))}
+
     handlers = {
         Unauthorized: lambda r, e: _error(401, "unauthorized", str(e), {"WWW-Authenticate": "Bearer"}),
         Forbidden: lambda r, e: _error(403, "forbidden", str(e)),
@@ -165,7 +151,7 @@ def create_app(service: MatchService, keys: KeyRing, snapshot_interval_s: float 
     async def wait(futures):
         try:
             return await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), limits.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for f in futures:
                 f.cancel()
             raise Timeout(f"the model did not answer within {limits.timeout_s:g} s") from None
