@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-PARTS = ("index", "store", "real", "service")
+PARTS = ("model", "index", "store", "real", "service")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     def save():
         atomic_write_json(args.out / "results.json", results)
 
+    if "model" in args.parts:
+        results["model"] = bench.bench_model(trained, photos[0], args.out / f"onnx-{trained.fingerprint}")
+        print("per image, one thread:", results["model"], flush=True)
+        save()
     if "real" in args.parts and args.queries:
         results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries), args.out, args.threshold)
         print("IVF recall@10 vs exact, real descriptors:", results["real_ivf"], flush=True)

@@ -132,6 +132,31 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: floa
     return out
 
 
+def bench_model(trained, photo: Path, onnx_dir: Path, reps: int = 30) -> dict:
+    """ms per image of each request stage on one thread: decode (512-px JPEG), prepare, Q with PyTorch and
+    with onnxruntime (batch 1 and 8)."""
+    from qkcopy.collection.describe import Describer, onnx_sessions
+    from qkcopy.data.images import decode_image
+
+    data = jpeg_512(photo)
+    torch_d, onnx_d = Describer(trained), Describer(trained, onnx_sessions(trained, onnx_dir, 1))
+    img = decode_image(data)
+    item = torch_d.prepare(img)
+
+    def ms(f, per: int = 1) -> float:
+        f()
+        start = time.perf_counter()
+        for _ in range(reps):
+            f()
+        return (time.perf_counter() - start) / reps / per * 1000
+
+    return dict(decode_ms=ms(lambda: decode_image(data)), prepare_ms=ms(lambda: torch_d.prepare(img)),
+                torch_b1_ms=ms(lambda: torch_d.describe("query", [item])),
+                torch_b8_ms_per_image=ms(lambda: torch_d.describe("query", [item] * 8), 8),
+                onnx_b1_ms=ms(lambda: onnx_d.describe("query", [item])),
+                onnx_b8_ms_per_image=ms(lambda: onnx_d.describe("query", [item] * 8), 8))
+
+
 def jpeg_512(path: Path) -> bytes:
     from qkcopy.data.images import load_image
 
