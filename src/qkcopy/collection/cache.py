@@ -190,7 +190,8 @@ class IndexCache:
 
     # --- the snapshot on disk ---
 
-    def snapshot(self, directory: str | Path, fingerprint: str) -> None:
+    def snapshot(self, directory: str | Path, fingerprint: str) -> int:
+        """Write the snapshot; returns the change seq it holds. Lookups wait only for the in-memory copy."""
         with self.lock:  # a consistent (index, banks, seq) triple; written to disk outside the lock
             blob = faiss.serialize_index(self.index)
             names = sorted(self.banks)
@@ -205,6 +206,7 @@ class IndexCache:
                 _fsync(f)
         _fsync(Path(directory).parent)
         log.info("snapshot of %d references at change %d written to %s", meta["n"], meta["seq"], directory)
+        return meta["seq"]
 
     @classmethod
     def load(cls, directory: str | Path, fingerprint: str, dim: int, kind: str) -> IndexCache | None:

@@ -67,6 +67,7 @@ class Collection:
         self.params: dict = s.get("index_params", {})
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
 
     # --- lifecycle ---
 
@@ -131,11 +132,9 @@ class Collection:
 
     def snapshot(self) -> int:
         """Write the index snapshot, then drop the change log it holds. Returns the snapshot's change seq."""
-        cache = self.index()
-        with cache.lock:
-            seq = cache.seq
-            cache.snapshot(self.root / CACHE_DIR, self.fingerprint)
-        self.store.truncate_changes(seq)
+        with self._snapshot_lock:  # one writer of cache/ per process (the periodic one and the one at shutdown)
+            seq = self.index().snapshot(self.root / CACHE_DIR, self.fingerprint)
+            self.store.truncate_changes(seq)
         return seq
 
     def reindex(self, kind: str, nlist: int | None = None, nprobe: int | None = None, m: int | None = None) -> None:
