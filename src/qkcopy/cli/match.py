@@ -47,7 +47,11 @@ def _local(args, paths) -> list[dict]:
 
 
 def _remote(args, paths) -> list[dict]:
+    import logging
+
     from qkcopy.client import ApiError, Client
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
     results = []
     with Client(args.server, args.key) as client:
