@@ -96,6 +96,13 @@ def bench_store(n: int, root: Path, fingerprint: str = "synthetic", batch: int =
                 start_from_snapshot_s=reopen, db_bytes=(root / "collection.db").stat().st_size)
 
 
+def reindex(root: Path, nlist: int, nprobe: int) -> None:
+    from qkcopy.collection import Collection
+
+    with Collection.open(root) as coll:
+        coll.reindex("ivf", nlist=nlist, nprobe=nprobe)
+
+
 def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: float | None = None,
                    nprobes=(8, 16, 32, 64, 128)) -> dict:
     """IVF vs exact recall@10 on real descriptors (kept in `cache`/real-*.npy for reruns); with a threshold,
