@@ -18,7 +18,7 @@ OPTIONS = (  # name, type, default, help
     ("port", int, 8000, "port"),
     ("model", Path, None, "run directory [the collection's model]"),
     ("device", str, "auto", "cpu, cuda, cuda:1 …"),
-    ("runtime", str, "torch", "torch, or onnx (onnxruntime on the CPU, ~2.5x faster; exported once)"),
+    ("runtime", str, "torch", "torch, or onnx (onnxruntime on the CPU, ~2.3x faster; exported once)"),
     ("max_batch", int, 16, "images per model call"),
     ("max_wait_ms", float, 5.0, "longest a request waits for others to share its model call"),
     ("queue", int, 64, "images waiting for the model before requests get 429"),

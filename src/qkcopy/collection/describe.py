@@ -61,7 +61,7 @@ def onnx_sessions(trained, folder: Path, threads: int) -> dict:
     """onnxruntime sessions of q.onnx and k.onnx in `folder`, exported once (`qkcopy export`) if absent.
 
     The exported files hold the whole descriptor (backbone, head, GIST, PCA; docs/EXPORT.md) and run it about
-    2.5× faster than PyTorch on one CPU thread (docs/RESULTS.md); their fingerprint must be the model's."""
+    2.3× faster than PyTorch on one CPU thread (docs/RESULTS.md); their fingerprint must be the model's."""
     import json
 
     import onnxruntime as ort
