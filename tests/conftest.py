@@ -142,3 +142,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def built_index(tiny_run, tiny_benchmark, tmp_path_factory):
+    """`qkcopy index` of the tiny benchmark's references with the tiny run (for search and refusal tests)."""
+    from testkit import FAST
+
+    from qkcopy.cli import main
+
+    out = tmp_path_factory.mktemp("idx") / "idx"
+    assert main(["index", "--model", str(tiny_run), "--references", str(tiny_benchmark / "references"),
+                 "--out", str(out)] + FAST) == 0
+    return out

@@ -3,12 +3,12 @@ file behind (2 gloo processes)."""
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from testkit import free_port
 
 from qkcopy.distributed import Dist, init
 from qkcopy.qk.bank import BankHeader, write_bank
@@ -52,14 +52,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     os._exit(0)  # as in test_step_sharded: skip gloo's teardown at interpreter exit
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_stream_one_bank_file(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     assert (tmp_path / "sharded.bank").is_file()
 
 

@@ -3,14 +3,14 @@ process, step after step with Adam updates, with the frozen head trained (partia
 
 import logging
 import os
-import socket
 
 import pytest
 import torch.multiprocessing as mp
+from test_mining import B, D, N, make_problem, run_steps
+from testkit import free_port
 
 from qkcopy.distributed import init, shard_range
 from qkcopy.qk.bank import BankShard
-from test_mining import B, D, N, make_problem, run_steps
 
 
 def _worker(rank: int, world: int, port: int, full_freeze: bool) -> None:
@@ -33,12 +33,6 @@ def _worker(rank: int, world: int, port: int, full_freeze: bool) -> None:
     os._exit(0)  # as in test_step_sharded: skip gloo's teardown at interpreter exit
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("full_freeze", [False, True])
 def test_sharded_bounded_miner_equals_full_pass(full_freeze):
-    mp.spawn(_worker, args=(2, _free_port(), full_freeze), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), full_freeze), nprocs=2, join=True)

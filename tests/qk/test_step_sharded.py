@@ -2,18 +2,18 @@
 
 import logging
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from testkit import free_port
+from tiny_head import D, E, G, TinyHead
 from torch import nn
 
 from qkcopy.distributed import Dist, gather_rows, init, shard_range
 from qkcopy.qk.bank import BankShard, choose_chunk_rows
-from qkcopy.qk.step import colearn_loss
 from qkcopy.qk.loss import HardNegativeMiner, LossConfig, qk_loss, smallest_pairs
-from tiny_head import D, E, G, TinyHead
+from qkcopy.qk.step import colearn_loss
 
 N, B = 37, 7
 CFG = LossConfig(tau=0.5, negatives_per_positive=3)
@@ -90,16 +90,10 @@ def _worker(rank: int, world: int, port: int) -> None:
     os._exit(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_sharded_step_equals_one_process(world):
     """N = 37 rows over 2 or 3 ranks, global batch 7 split unevenly; loss, distances and grads all match."""
-    mp.spawn(_worker, args=(world, _free_port()), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port()), nprocs=world, join=True)
 
 
 def test_single_process_path_equals_colearn(monkeypatch):
@@ -145,10 +139,6 @@ def test_positive_outside_the_shards_is_an_error():
         colearn_loss(encoder(x), positive_rows, head, _shard(bank, 0, 30), CFG, Dist())
 
 
-
-
-
-
 def test_smallest_pairs_breaks_ties_by_batch_then_row():
     values = torch.tensor([1.0, 0.5, 1.0, 1.0, 2.0, 1.0])
     batch = torch.tensor([2, 0, 1, 1, 0, 0])
@@ -156,10 +146,6 @@ def test_smallest_pairs_breaks_ties_by_batch_then_row():
     v, b, r = smallest_pairs(values, batch, rows, 4)
     assert v.tolist() == [0.5, 1.0, 1.0, 1.0]
     assert list(zip(b.tolist(), r.tolist())) == [(0, 9), (0, 8), (1, 3), (1, 7)]
-
-
-
-
 
 
 def test_chunk_rows_follow_free_memory():

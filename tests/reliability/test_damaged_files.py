@@ -9,31 +9,11 @@ import json
 import shutil
 
 import pytest
+from testkit import FAST, refused
 
 from qkcopy.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = ["--workers", "0", "--device", "cpu"]
-
-
-def refused(argv, capsys, *needles) -> str:
-    """Run the CLI; assert it failed with one error line holding every needle; return that line."""
-    assert main(argv + FAST) == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"qkcopy {argv[0]}: error: "), err
-    for needle in needles:
-        assert str(needle) in line, (needle, line)
-    return line
-
-
-@pytest.fixture(scope="module")
-def built_index(tiny_run, tiny_benchmark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("idx") / "idx"
-    assert main(["index", "--model", str(tiny_run), "--references", str(tiny_benchmark / "references"),
-                 "--out", str(out)] + FAST) == 0
-    return out
 
 
 def _search(run, index, queries, out, *extra):

@@ -1,18 +1,21 @@
 """Issue 10, rows 4 and 5 (and the train log of row 6): run folders never become a dead end, config values are
 checked before any work, a resume names the key that differs, and a resumed log does not repeat steps."""
 
+import functools
 import json
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from testkit import refused as cli_refused
 
-from qkcopy.cli import main
 from qkcopy.config import load_config
 from qkcopy.errors import ConfigError, DataError, NothingToResume, RunDirExists
 from qkcopy.training.loop import train
 from qkcopy.training.run import Run
+
+refused = functools.partial(cli_refused, extra=[])  # train takes no --workers/--device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.descriptor_dim=16",
@@ -25,17 +28,6 @@ TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.d
 def images(tmp_path_factory):
     from conftest import draw_images
     return draw_images(tmp_path_factory.mktemp("train"), 24, size=40, prefix="t")
-
-
-def refused(argv, capsys, *needles) -> str:
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"qkcopy {argv[0]}: error: "), err
-    for needle in needles:
-        assert str(needle) in line, (needle, line)
-    return line
 
 
 def test_a_failed_start_leaves_nothing_and_says_training_images(images, tmp_path, capsys):

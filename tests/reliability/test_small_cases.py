@@ -7,24 +7,13 @@ import os
 import shutil
 
 import pytest
+from testkit import FAST, refused
 
 from qkcopy.cli import main
 from qkcopy.data.images import scan_images
 from qkcopy.retrieval.index import ReferenceIndex
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = ["--workers", "0", "--device", "cpu"]
-
-
-def refused(argv, capsys, *needles) -> str:
-    assert main(argv + FAST) == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"qkcopy {argv[0]}: error: "), err
-    for needle in needles:
-        assert str(needle) in line, (needle, line)
-    return line
 
 
 def test_index_add_touches_only_its_own_files(tiny_run, tiny_benchmark, make_images, tmp_path):

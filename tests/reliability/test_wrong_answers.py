@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from testkit import FAST, refused
 
 from qkcopy.cli import main
 from qkcopy.errors import DescriptorError, ThresholdError
@@ -16,26 +17,6 @@ from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.retrieval.search import find_copies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = ["--workers", "0", "--device", "cpu"]
-
-
-def refused(argv, capsys, *needles) -> str:
-    assert main(argv + FAST) == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"qkcopy {argv[0]}: error: "), err
-    for needle in needles:
-        assert str(needle) in line, (needle, line)
-    return line
-
-
-@pytest.fixture(scope="module")
-def built_index(tiny_run, tiny_benchmark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("idx") / "idx"
-    assert main(["index", "--model", str(tiny_run), "--references", str(tiny_benchmark / "references"),
-                 "--out", str(out)] + FAST) == 0
-    return out
 
 
 @pytest.mark.parametrize("value, needle", [("nan", "must be a finite number"), ("inf", "must be a finite number"),

@@ -3,12 +3,12 @@ descriptors of GIST in the main process."""
 
 import logging
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from testkit import free_port
 
 from qkcopy.distributed import init
 from qkcopy.model.trained import load_trained
@@ -34,15 +34,9 @@ def _worker(rank: int, world: int, port: int, run_dir: str, paths: list, out: st
     os._exit(0)  # as in test_step_sharded: skip gloo's teardown at interpreter exit
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_write_the_bytes_of_one_process(tiny_run, make_images, tmp_path):
     paths = make_images(tmp_path / "imgs", 5)  # 3 shards of 2: rank 0 embeds shards 0 and 2, rank 1 shard 1
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_run), paths, str(tmp_path / "two" / "refs")), nprocs=2,
+    mp.spawn(_worker, args=(2, free_port(), str(tiny_run), paths, str(tmp_path / "two" / "refs")), nprocs=2,
              join=True)
     torch.set_num_threads(1)
     one = embed_collection(load_trained(tiny_run), paths, "reference", tmp_path / "one" / "refs", batch_size=2,

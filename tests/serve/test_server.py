@@ -4,7 +4,6 @@ restarted: every acknowledged reference is there and the index equals the databa
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,11 @@ import httpx
 import pytest
 from conftest import draw_images
 from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
+from testkit import free_port
 
 from qkcopy.cli import main
 from qkcopy.client import ApiError, Client
 from qkcopy.collection import Collection
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(collection, port, log):
@@ -50,7 +44,7 @@ def _start(collection, port, log):
 @pytest.mark.slow
 def test_kill_9_mid_burst_then_restart_keeps_every_acknowledged_reference(collection_dir, keys, tmp_path, capsys):
     images = draw_images(tmp_path / "burst", 40, seed=30, prefix="burst")
-    port, url = _free_port(), None
+    port, url = free_port(), None
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "wb")
     server = _start(collection_dir, port, log)
