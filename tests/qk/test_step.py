@@ -1,12 +1,12 @@
 """The chunked QK step equals a naive full-autograd implementation over the whole bank."""
 
 import torch
+from tiny_head import D, E, G, TinyHead
 from torch import nn
 
 from qkcopy.qk.bank import BankShard
 from qkcopy.qk.loss import LossConfig, qk_loss
 from qkcopy.qk.step import colearn_loss
-from tiny_head import D, E, G, TinyHead
 
 
 def _setup(seed=0, n=37, b=5):
