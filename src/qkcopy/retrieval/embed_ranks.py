@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qkcopy.distributed import Dist
-from qkcopy.retrieval.embed_shards import (SIDES, Collection, _read_shard, embed_collection, embed_shard,
-                                           image_ids, output_prefix, shard_key)
+from qkcopy.retrieval.embed_shards import (Collection, _read_shard, embed_collection, embed_shard, plan_shards,
+                                           shard_key)
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,10 @@ def embed_collection_ranks(trained, paths: Sequence[Path], side: str, out: str |
     the others (every rank returns after rank 0 has written the outputs)."""
     if dist.world == 1:
         return embed_collection(trained, paths, side, out, batch_size, workers, shard_size, keep_shards)
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {sorted(SIDES)}, got {side!r}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ValueError("no images to embed")
-    image_ids(paths)
-    prefix = output_prefix(out)
-    shard_dir = prefix.with_name(prefix.name + ".shards")
+    paths, shard_dir, n_shards = plan_shards(paths, side, out, shard_size)
     new_dir = not shard_dir.exists()
     dist.barrier()  # every rank has looked before any creates it
     shard_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = -(-len(paths) // shard_size)
     for s in range(dist.rank, n_shards, dist.world):
         part = paths[s * shard_size:(s + 1) * shard_size]
         key = shard_key(part, trained.fingerprint, side, trained.cfg.model.image_size)

@@ -113,12 +113,8 @@ def embed_shard(trained, side: str, part: Sequence[Path], shard: Path, key: str,
     return emb.ids, vectors, emb.skipped
 
 
-def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path, batch_size: int = 64,
-                     workers: int = 2, shard_size: int = 10_000, keep_shards: bool = False) -> Collection:
-    """Descriptors of `paths` with `trained.q` (side "query") or `trained.k` (side "reference").
-
-    `trained` is a `qkcopy.run.TrainedModels`. Shards are removed after the merge unless `keep_shards`.
-    """
+def plan_shards(paths: Sequence[Path], side: str, out: str | Path, shard_size: int) -> tuple[list[Path], Path, int]:
+    """Checked inputs of an embedding run: (paths, the shard folder beside `out`, number of shards)."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {sorted(SIDES)}, got {side!r}")
     if shard_size < 1:
@@ -127,12 +123,21 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
     if not paths:
         raise ValueError("no images to embed")
     image_ids(paths)
+    prefix = output_prefix(out)
+    return paths, prefix.with_name(prefix.name + ".shards"), -(-len(paths) // shard_size)
+
+
+def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path, batch_size: int = 64,
+                     workers: int = 2, shard_size: int = 10_000, keep_shards: bool = False) -> Collection:
+    """Descriptors of `paths` with `trained.q` (side "query") or `trained.k` (side "reference").
+
+    `trained` is a `qkcopy.run.TrainedModels`. Shards are removed after the merge unless `keep_shards`.
+    """
+    paths, shard_dir, n_shards = plan_shards(paths, side, out, shard_size)
     size, fingerprint = trained.cfg.model.image_size, trained.fingerprint
     prefix = output_prefix(out)
-    shard_dir = prefix.with_name(prefix.name + ".shards")
     new_dir = not shard_dir.exists()
     shard_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = -(-len(paths) // shard_size)
     ids, chunks, skipped, embedded = [], [], [], 0
     for s in range(n_shards):
         part = paths[s * shard_size:(s + 1) * shard_size]
