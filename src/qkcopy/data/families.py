@@ -67,7 +67,7 @@ def _perspective(img: Image.Image, r: random.Random, others) -> Image.Image:
 def _rotation(img: Image.Image, r: random.Random, others) -> Image.Image:
     angle = r.choice((-1, 1)) * r.uniform(8, 40)
     if r.random() < 0.5:  # fill with a blurred copy, as phone apps do
-        back = img.resize(img.size).filter(ImageFilter.GaussianBlur(12))
+        back = img.filter(ImageFilter.GaussianBlur(12))
         rotated = img.rotate(angle, Image.BICUBIC, expand=True)
         mask = Image.new("L", img.size, 255).rotate(angle, expand=True)
         back = back.resize(rotated.size)
