@@ -56,7 +56,7 @@ def embed(model: TrainedModels, images: Images, side: str = "query", batch_size:
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     net = model.q if side == "query" else model.k
-    return embed_paths(net, model.gist256, _paths(images), model.cfg.model.image_size, batch_size=batch_size,
+    return embed_paths(net, model.gist256, _paths(images), model.cfg.model.input_size, batch_size=batch_size,
                        workers=workers, device=next(net.parameters()).device, desc=f"{side} images")
 
 

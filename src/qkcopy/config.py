@@ -40,6 +40,7 @@ class ModelConfig:
     feature_norm: bool = False  # L2-normalise the backbone feature at the head's input
     head_init: str = "random"  # "random" (the paper) or "pca" (see the module doc)
     head_init_weight: float = 3.0  # "pca": RMS norm of the backbone part / RMS norm of gist256
+    test_size: int | None = None  # input side at inference (embed, index, search, eval, serve); None: image_size
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -52,6 +53,14 @@ class ModelConfig:
         for name in ("image_size", "hidden", "descriptor_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
+        if self.test_size is not None and self.test_size < 32:
+            raise ValueError(f"model test_size must be at least 32 pixels (or null), got {self.test_size}")
+
+    @property
+    def input_size(self) -> int:
+        """The side images are resized to for descriptors at inference: test_size, else the training size.
+        A network trained on small inputs often describes better from larger ones (docs/RESULTS.md)."""
+        return self.test_size or self.image_size
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class DataConfig:
     max_train_images: int | None = None  # use only the first N training images (None: all)
     pca_images: int = 5000  # training images used to fit the GIST PCA
     holdout_families: tuple[str, ...] = ()  # edit families training never uses (qkcopy.data.families)
+    synthesis: str = "augly"  # query edits: augly (AugLy's ops) or broad (also qkcopy.data.extra_edits)
 
 
 @dataclass(frozen=True)

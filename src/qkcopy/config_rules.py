@@ -38,6 +38,7 @@ def validate(cfg):
     _check(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
     _check(d.workers >= 0, "data.workers", ">= 0", d.workers)
     _check(d.strength in STRENGTHS, "data.strength", f"one of {list(STRENGTHS)}", d.strength)
+    _check(d.synthesis in ("augly", "broad"), "data.synthesis", "augly or broad", d.synthesis)
     _check(set(d.holdout_families) <= set(FAMILIES), "data.holdout_families", f"families among {list(FAMILIES)}",
            list(d.holdout_families))
     _check(d.max_train_images is None or d.max_train_images >= 1, "data.max_train_images", ">= 1 or null",

@@ -109,7 +109,7 @@ def test_strengths_differ_in_number_of_ops_and_magnitude():
     counts = {s: [len(sample_recipe(seed, s)) for seed in range(300)] for s in STRENGTHS}
     assert set(counts["light"]) == {1, 2} and set(counts["medium"]) == {3, 4} and set(counts["hard"]) == {5, 6, 7}
     crops = {s: [1 - (p["x2"] - p["x1"]) for seed in range(300) for p in
-                 [sample_params("crop", random.Random(seed), aug.MAGNITUDE[s])]] for s in STRENGTHS}
+                 [sample_params("crop", random.Random(seed), aug.MAGNITUDE[s])]] for s in aug.MAGNITUDE}
     assert max(crops["light"]) < 0.55 * 0.35 + 1e-3 < max(crops["hard"])  # hard crops harder
     assert np.mean(crops["light"]) < np.mean(crops["medium"]) < np.mean(crops["hard"])
 

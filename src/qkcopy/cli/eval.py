@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-background", type=int, default=10, help="normalise by the n-th nearest background "
                                                                 "image [10]")
     p.add_argument("--max-background", type=int, help="use only the first N training images as background")
+    p.add_argument("--calibration", choices=("lower-bound", "point"), default="lower-bound",
+                   help="threshold where the 95%% lower confidence bound of precision reaches 0.9 (lower-bound, "
+                        "default) or where precision itself does (point)")
+    p.add_argument("--heldout-benchmark", type=Path, help="also report the threshold's precision and recall on "
+                   "this benchmark, e.g. one made with `make-benchmark --heldout all`")
+    p.add_argument("--test-size", type=int, help="input side for the descriptors [the run's model.test_size, "
+                   "else its training size]")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -31,19 +38,41 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.retrieval.calibrate import calibrate
     from qkcopy.model.trained import load_trained
 
-    trained = load_trained(args.model, args.device)
+    trained = load_trained(args.model, args.device, args.test_size)
     benchmark = load_benchmark(args.benchmark)
     run_dir = Path(args.model) if (Path(args.model) / "config.yaml").exists() else Path(args.model).parent.parent
     out = args.out or run_dir / "eval" / Path(args.benchmark).resolve().name
+    heldout = load_benchmark(args.heldout_benchmark) if args.heldout_benchmark else None
     cal = calibrate(trained, benchmark, out, k=args.k, normalize=args.normalize, beta=args.beta,
                     n_background=args.n_background, max_background=args.max_background,
-                    batch_size=args.batch, workers=args.workers)
+                    batch_size=args.batch, workers=args.workers, rule=args.calibration, heldout=heldout)
     rows = [("raw", cal.metrics)] + ([(f"normalised β={args.beta:g}", cal.normalized)] if cal.normalized else [])
     print(f"{'scores':16s} {'µAP':>7s} {'R@P90':>7s} {'recall@1':>9s}")
     for name, m in rows:
         print(f"{name:16s} {m.micro_ap:7.4f} {m.recall_at_p90:7.4f} {m.recall_at_1:9.4f}")
     t = cal.threshold
-    print(f"copy threshold {t.score:.4g} (precision {t.precision:.3f}, recall {t.recall:.3f}"
+    print(f"copy threshold {t.score:.4g} ({t.rule}: precision {t.precision:.3f}, 95% lower bound "
+          f"{t.precision_lower:.3f}, recall {t.recall:.3f}"
           f"{'' if t.target_met else f'; precision {t.target_precision} not reached'}) → {out / 'threshold.json'}")
+    _print_transfer(cal)
     print(f"outputs: {out}")
     return 0
+
+
+def _print_transfer(cal) -> None:
+    """What precision to expect on copies unlike the calibration's: each edit family left out in turn, and the
+    held-out benchmark when one was given."""
+    from qkcopy.retrieval.transfer import pooled
+
+    if cal.families:
+        together, worst = pooled(cal.families)
+        name = min((f for f in cal.families if f.flagged), key=lambda f: f.precision, default=None)
+        print(f"on unfamiliar edits expect precision about {together:.3f}: each edit family left out of the "
+              f"calibration in turn, pooled (worst: {name.family if name else '-'} {worst:.3f})")
+    else:
+        print("on unfamiliar edits: not measured (the benchmark lists no edit families); give "
+              "--heldout-benchmark to measure it")
+    if cal.heldout:
+        h = cal.heldout
+        print(f"on {h['benchmark']}: precision {h['precision']:.3f}, recall {h['recall']:.3f} at this threshold "
+              f"({h['flagged']} pairs flagged; µAP {h['micro_ap']:.4f})")

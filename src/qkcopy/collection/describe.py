@@ -91,7 +91,7 @@ class Describer:
         self.device = next(trained.q.parameters()).device
 
     def prepare(self, img: Image.Image) -> Prepared:
-        return Prepared(*image_pair(img, self.trained.cfg.model.image_size))
+        return Prepared(*image_pair(img, self.trained.cfg.model.input_size))
 
     @torch.no_grad()
     def describe(self, side: str, items: Sequence[Prepared]) -> np.ndarray:

@@ -6,7 +6,8 @@ A *recipe* is a list of `Edit(op, params)` drawn by `sample_recipe(seed, strengt
 the same (image, seed) gives the same pixels on any machine with the same library versions. Params are
 JSON-serialisable (relative sizes, asset names relative to AugLy's bundled assets).
 
-Strengths set how many edits a recipe holds (light 1–2, medium 3–4, hard 5–7) and their magnitude.
+Strengths set how many edits a recipe holds (light 1–2, medium 3–4, hard 5–7) and their magnitude; "mixed"
+draws one of the three per recipe (1 : 2 : 1). `broad=True` adds the non-AugLy ops of `qkcopy.data.extra_edits`.
 Images are capped to `max_side` pixels before, during and after the edits; output is always RGB.
 """
 
@@ -27,13 +28,14 @@ import numpy as np
 from PIL import Image
 
 from qkcopy.data.compat import patch_augly
+from qkcopy.data.extra_edits import EXTRA_CONTAINERS, EXTRA_OPS, apply_extra, sample_extra_params
 from qkcopy.data.images import ImageError, load_image
 from qkcopy.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 patch_augly()
 
-STRENGTHS = ("light", "medium", "hard")
+STRENGTHS = ("light", "medium", "hard", "mixed")
 NUM_OPS = {"light": (1, 2), "medium": (3, 4), "hard": (5, 7)}  # inclusive range of edits per recipe
 MAGNITUDE = {"light": 0.35, "medium": 0.65, "hard": 1.0}  # scales every op's parameter range
 # op → sampling weight. Ops in CONTAINERS put the image inside a bigger picture; a recipe holds ≤ 1.
@@ -47,8 +49,8 @@ OPS: dict[str, float] = {
 CONTAINERS = frozenset({"meme_format", "overlay_onto_screenshot", "overlay_onto_background_image"})
 MIN_SIDE = 8  # an edit leaving a side shorter than this is treated as failed
 MEME_MIN_CAPTION = 40  # pixels: AugLy's meme font search fails below about this on two lines
-MEME_WORDS = ("WHEN", "YOU", "ME", "MY", "THE", "NOBODY", "EVERY", "MONDAY", "CAT", "DOG", "FRIDAY",
-              "BOSS", "SAYS", "LOOKS", "LIKE", "AGAIN", "WHY", "LOL", "OK", "SO", "REAL", "MOOD")
+MEME_WORDS = tuple("WHEN YOU ME MY THE NOBODY EVERY MONDAY CAT DOG FRIDAY BOSS SAYS LOOKS LIKE AGAIN WHY LOL OK "
+                   "SO REAL MOOD".split())
 
 
 @dataclass(frozen=True)
@@ -66,21 +68,15 @@ class Edit:
         return cls(op=d["op"], params=dict(d["params"]))
 
 
-@lru_cache(maxsize=1)
-def _fonts() -> tuple[str, ...]:
-    """Bundled fonts usable by overlay_text (each needs its .pkl list of characters)."""
-    names = os.listdir(augly_utils.FONTS_DIR)
-    return tuple(sorted(n for n in names if n.endswith(".ttf") and n[:-4] + ".pkl" in names))
-
-
-@lru_cache(maxsize=1)
-def _emojis() -> tuple[str, ...]:
-    root = Path(augly_utils.EMOJI_DIR)
-    return tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")))
-
-
-@lru_cache(maxsize=1)
-def _templates() -> tuple[str, ...]:
+@lru_cache(maxsize=None)
+def _assets(kind: str) -> tuple[str, ...]:
+    """AugLy's bundled fonts usable by overlay_text (each needs its .pkl of characters), emoji, screenshots."""
+    if kind == "fonts":
+        names = os.listdir(augly_utils.FONTS_DIR)
+        return tuple(sorted(n for n in names if n.endswith(".ttf") and n[:-4] + ".pkl" in names))
+    if kind == "emojis":
+        root = Path(augly_utils.EMOJI_DIR)
+        return tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")))
     with open(augly_utils.BBOXES_PATH) as f:
         return tuple(sorted(json.load(f)))
 
@@ -133,10 +129,10 @@ def sample_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
         return {"level": u(1 - 0.5 * m, 1 - 0.15 * m), "background": colour()}
     if op == "overlay_text":
         lines = [[r.randrange(1000) for _ in range(r.randint(4, 14))] for _ in range(r.randint(1, 1 + round(2 * m)))]
-        return {"text": lines, "font": r.choice(_fonts()), "font_size": u(0.06, 0.06 + 0.16 * m),
+        return {"text": lines, "font": r.choice(_assets("fonts")), "font_size": u(0.06, 0.06 + 0.16 * m),
                 "color": colour(), "opacity": u(0.6, 1.0), "x_pos": u(0, 0.5), "y_pos": u(0, 0.75)}
     if op == "overlay_emoji":
-        return {"emoji": r.choice(_emojis()), "emoji_size": u(0.1, 0.1 + 0.35 * m), "opacity": u(0.6, 1.0),
+        return {"emoji": r.choice(_assets("emojis")), "emoji_size": u(0.1, 0.1 + 0.35 * m), "opacity": u(0.6, 1.0),
                 "x_pos": u(0, 0.8), "y_pos": u(0, 0.8)}
     if op == "meme_format":
         text = "\n".join(" ".join(r.choice(MEME_WORDS) for _ in range(r.randint(2, 4)))
@@ -149,7 +145,7 @@ def sample_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
                 "line_density": u(0.1, 0.1 + 0.6 * m), "line_type": r.choice(("solid", "dashed", "dotted")),
                 "line_opacity": u(0.2, 0.2 + 0.6 * m)}
     if op == "overlay_onto_screenshot":
-        return {"template": r.choice(_templates()), "crop_src_to_fit": r.random() < 0.5}
+        return {"template": r.choice(_assets("templates")), "crop_src_to_fit": r.random() < 0.5}
     if op == "overlay_onto_background_image":  # bg_pick chooses a caller's background; bg_seed makes one
         size = u(0.9 - 0.5 * m, 0.95 - 0.3 * m)
         return {"overlay_size": size, "x_pos": u(0, 1 - size), "y_pos": u(0, 1 - size),
@@ -157,32 +153,36 @@ def sample_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
     raise ValueError(f"unknown augmentation op {op!r}; expected one of {sorted(OPS)}")
 
 
-def sample_recipe(seed: int, strength: str = "medium", exclude: frozenset[str] = frozenset()) -> list[Edit]:
-    """A random recipe of distinct edits, drawn from `random.Random(seed)`; JPEG re-encoding comes last.
-    `exclude`: ops never used (held-out edit families, `qkcopy.data.families`)."""
+def sample_recipe(seed: int, strength: str = "medium", exclude: frozenset[str] = frozenset(),
+                  broad: bool = False) -> list[Edit]:
+    """A random recipe of distinct edits from `random.Random(seed)`, JPEG last; never an op in `exclude` (held-out
+    families); `broad` adds `qkcopy.data.extra_edits`' ops (without it recipes are those of earlier versions)."""
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; expected one of {STRENGTHS}")
     r = random.Random(int(seed))
+    strength = r.choices(STRENGTHS[:3], weights=(1, 2, 1))[0] if strength == "mixed" else strength
     lo, hi = NUM_OPS[strength]
-    pool = {op: w for op, w in OPS.items() if op not in exclude}
+    containers = CONTAINERS | EXTRA_CONTAINERS
+    pool = {op: w for op, w in ({**OPS, **EXTRA_OPS} if broad else OPS).items() if op not in exclude}
     ops: list[str] = []
     for _ in range(r.randint(lo, hi)):
+        if not pool:
+            break
         op = r.choices(list(pool), weights=list(pool.values()))[0]
         ops.append(op)
-        drop = CONTAINERS | {op} if op in CONTAINERS else {op}
+        drop = containers | {op} if op in containers else {op}
         pool = {k: w for k, w in pool.items() if k not in drop}
     r.shuffle(ops)
     ops.sort(key=lambda o: o == "encoding_quality")  # stable: only moves JPEG to the end
-    return [Edit(op, sample_params(op, r, MAGNITUDE[strength])) for op in ops]
+    m = MAGNITUDE[strength]
+    return [Edit(op, sample_extra_params(op, r, m) if op in EXTRA_OPS else sample_params(op, r, m)) for op in ops]
 
 
 def cap_size(img: Image.Image, max_side: int) -> Image.Image:
     """`img` shrunk (bicubic, aspect kept) so that its longer side is at most `max_side`."""
     w, h = img.size
-    if max(w, h) <= max_side:
-        return img
     s = max_side / max(w, h)
-    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
+    return img if s >= 1 else img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
 
 
 def _flatten(img: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
@@ -200,6 +200,8 @@ def _synthetic_background(seed: int, size: tuple[int, int]) -> Image.Image:
 
 def _apply_edit(img: Image.Image, e: Edit, background: Image.Image | None) -> Image.Image:
     p = e.params
+    if e.op in EXTRA_OPS:
+        return apply_extra(img, e.op, p, background)
     if e.op in ("crop", "scale", "pad", "rotate", "hflip", "vflip", "skew", "color_jitter", "grayscale",
                 "blur", "sharpen", "pixelization", "encoding_quality", "overlay_stripes"):
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in p.items()}
@@ -258,9 +260,9 @@ def apply_recipe(img: Image.Image, recipe: list[Edit], background: Image.Image |
 
 
 def make_query(img: Image.Image, seed: int, strength: str = "medium", background: Image.Image | None = None,
-               exclude: frozenset[str] = frozenset()) -> tuple[Image.Image, list[Edit]]:
+               exclude: frozenset[str] = frozenset(), broad: bool = False) -> tuple[Image.Image, list[Edit]]:
     """A synthetic copy of `img` and the recipe that made it (without the ops in `exclude`)."""
-    recipe = sample_recipe(seed, strength, exclude)
+    recipe = sample_recipe(seed, strength, exclude, broad)
     return apply_recipe(img, recipe, background), recipe
 
 

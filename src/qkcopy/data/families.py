@@ -1,12 +1,13 @@
 """Edit families: how copies are grouped for per-family scores, and held-out edits written in plain PIL/numpy.
 
 A family names a kind of edit a re-upload carries (a camera angle, a border, a screenshot, a collage…). Each
-has the AugLy ops of the training query synthesis that belong to it (`FAMILY_OPS`: holding a family out of
-training removes them from every recipe, `data.holdout_families`) and its own implementation here, written
-independently of AugLy with other parameters, which `make-benchmark --heldout` uses for queries. So a model
-trained with a family held out meets it only in the benchmark: µAP per family shows how much of a score comes
-from the project's own edit distribution. Two families have no AugLy op at all: "posterize" (colour
-quantisation) and "collage" (the image as one tile among other photos).
+has the ops of the training query synthesis that belong to it (`FAMILY_OPS`: AugLy's, and those of
+`qkcopy.data.extra_edits` that `data.synthesis: broad` adds; holding a family out of training removes them from
+every recipe, `data.holdout_families`) and its own implementation here, written independently of both with
+other parameters, which `make-benchmark --heldout` uses for queries. So a model trained with a family held out
+meets it only in the benchmark: µAP per family shows how much of a score comes from the project's own edit
+distribution. Two families have no AugLy op at all: "posterize" (colour quantisation) and "collage" (the image
+as one tile among other photos); broad synthesis has one of each.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 FAMILY_OPS: dict[str, frozenset[str]] = {
     "perspective": frozenset({"perspective_transform", "skew"}),
-    "rotation": frozenset({"rotate"}),
-    "border": frozenset({"pad", "pad_square"}),
-    "recompression": frozenset({"encoding_quality", "pixelization"}),
-    "screenshot": frozenset({"overlay_onto_screenshot", "meme_format"}),
-    "collage": frozenset({"overlay_onto_background_image"}),
+    "rotation": frozenset({"rotate", "rotate_expand"}),
+    "border": frozenset({"pad", "pad_square", "blur_frame"}),
+    "recompression": frozenset({"encoding_quality", "pixelization", "jpeg_chain"}),
+    "screenshot": frozenset({"overlay_onto_screenshot", "meme_format", "app_frame"}),
+    "collage": frozenset({"overlay_onto_background_image", "tile_grid"}),
     "mirror_crop": frozenset({"hflip", "vflip", "crop", "scale"}),
-    "posterize": frozenset(),
+    "posterize": frozenset({"quantize_colours"}),
     "noise": frozenset({"random_noise", "blur", "sharpen"}),
     "sticker": frozenset({"overlay_emoji", "overlay_text", "overlay_stripes"}),
     "colour": frozenset({"color_jitter", "grayscale", "opacity"}),

@@ -67,9 +67,9 @@ class TrainImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: Sequence[Path], image_size: int, strength: str, pairs: bool = False,
-                 exclude: frozenset[str] = frozenset()):
+                 exclude: frozenset[str] = frozenset(), broad: bool = False):
         self.paths, self.image_size, self.strength, self.pairs = list(paths), image_size, strength, pairs
-        self.exclude = exclude  # AugLy ops of held-out edit families
+        self.exclude, self.broad = exclude, broad  # ops of held-out edit families; extra (non-AugLy) ops too
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -80,7 +80,8 @@ class TrainImages(torch.utils.data.Dataset):
         if seed is None:
             return (index, *image_pair(original, self.image_size))
         background = load_image(self.paths[(index + 1 + seed % (len(self.paths) - 1)) % len(self.paths)])
-        query, _ = make_query(original, seed, self.strength, background=background, exclude=self.exclude)
+        query, _ = make_query(original, seed, self.strength, background=background, exclude=self.exclude,
+                              broad=self.broad)
         pair = image_pair(query, self.image_size)
         if self.pairs:
             pair = (*pair, *image_pair(original, self.image_size))

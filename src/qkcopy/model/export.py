@@ -114,7 +114,7 @@ def export_models(trained, out: str | Path, formats: Sequence[str] = FORMATS,
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"export formats must be among {FORMATS}, got {list(formats)}")
-    out, size = Path(out), trained.cfg.model.image_size
+    out, size = Path(out), trained.cfg.model.input_size
     inputs = sample_inputs(check_paths, size) if check_paths else _random_inputs(size)
     files, diffs = {}, {}
     with atomic_dir(out) as tmp:

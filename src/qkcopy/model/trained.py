@@ -32,13 +32,16 @@ class TrainedModels:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the exact (Q, K, PCA) weights: an index built with one refuses queries from another."""
+        """Identifies the exact (Q, K, PCA) weights and the inference input size (when it is not the training
+        size): an index built with one refuses queries from another."""
+        size = f"/{self.cfg.model.input_size}" if self.cfg.model.input_size != self.cfg.model.image_size else ""
         return hashlib.sha256(f"{param_fingerprint(self.q)}/{param_fingerprint(self.k)}/"
-                              f"{self.gist256.fingerprint}".encode()).hexdigest()[:16]
+                              f"{self.gist256.fingerprint}{size}".encode()).hexdigest()[:16]
 
 
-def load_trained(path: str | Path, device: str = "cpu") -> TrainedModels:
-    """Load a run directory (its latest checkpoint) or a checkpoint directory inside one."""
+def load_trained(path: str | Path, device: str = "cpu", test_size: int | None = None) -> TrainedModels:
+    """Load a run directory (its latest checkpoint) or a checkpoint directory inside one; `test_size` replaces
+    the run's inference input size (`model.test_size`)."""
     path = Path(path)
     run_dir = path if (path / "config.yaml").exists() else path.parent.parent
     checkpoint = path / "checkpoints" / "latest" if path == run_dir else path
@@ -50,6 +53,8 @@ def load_trained(path: str | Path, device: str = "cpu") -> TrainedModels:
         raise CheckpointError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing): train it further, or "
                               "give a checkpoint folder such as RUN/checkpoints/Q1", checkpoint)
     cfg = load_config(run_dir / "config.yaml")  # a damaged file: a ConfigError naming it
+    if test_size is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, test_size=test_size))
     quiet = logging.getLogger("qkcopy.model.backbone")
     level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # no "random weights" warning: they are loaded next
     try:

@@ -110,7 +110,7 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: floa
     from qkcopy.retrieval.embed import embed_paths
     from qkcopy.retrieval.index import default_nlist
 
-    size = trained.cfg.model.image_size
+    size = trained.cfg.model.input_size
     from qkcopy.io import files_fingerprint
 
     key = files_fingerprint([*ref_paths, *query_paths])  # the model and the exact image sets

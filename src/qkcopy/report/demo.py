@@ -134,7 +134,7 @@ def _baseline(method: str, bench: Benchmark, out: Path, opt: DemoOptions, dim: i
 def evaluate_checkpoint(checkpoint: Path, bench: Benchmark, workers: int = 2):
     """Q on the queries, K on the references, k = 10 search: (Predictions, Metrics)."""
     models = load_trained(checkpoint)
-    size = models.cfg.model.image_size
+    size = models.cfg.model.input_size
     queries = embed_paths(models.q, models.gist256, bench.query_paths, size, workers=workers, desc="queries")
     refs = embed_paths(models.k, models.gist256, bench.reference_paths, size, workers=workers, desc="references")
     preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=10)

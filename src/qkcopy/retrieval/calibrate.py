@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import faiss
@@ -37,12 +37,15 @@ import numpy as np
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 
 from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
+from qkcopy.retrieval.per_family import query_families
+from qkcopy.retrieval.transfer import conservative_threshold, family_transfer, pooled, precision_lower_bound
 from qkcopy.errors import ThresholdError, read_json
 from qkcopy.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_FORMAT = "qkcopy-threshold/1"
+RULES = ("lower-bound", "point")
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,23 @@ class Threshold:
     fingerprint: str  # the model it was calibrated for
     k: int  # neighbours per query in the calibration search
     benchmark: str
+    rule: str = "point"  # point: precision reaches the target; lower-bound: its 95 % lower bound does
+    precision_lower: float = 0.0  # one-sided 95 % Clopper–Pearson lower bound of `precision`
+    unfamiliar_precision: float | None = None  # pooled, each edit family left out of calibration in turn
 
 
 def choose_threshold(metrics: Metrics, preds: Predictions, gt: GroundTruth, fingerprint: str, k: int,
-                     benchmark: str) -> Threshold:
-    """The score threshold at precision 0.9 (or the best precision reached), with what it achieves."""
-    if metrics.threshold_at_p90 is not None:
-        score, met = metrics.threshold_at_p90, True
+                     benchmark: str, rule: str = "lower-bound") -> Threshold:
+    """The score threshold at precision 0.9 — where precision reaches it (rule "point") or its 95 % lower
+    bound does ("lower-bound", falling back to "point" when no cut-off qualifies) — or, when 0.9 is never
+    reached, the threshold of the best precision, with what it achieves."""
+    if rule not in RULES:
+        raise ValueError(f"unknown calibration rule {rule!r}; expected one of {list(RULES)}")
+    bound = conservative_threshold(metrics) if rule == "lower-bound" else None
+    if bound is not None:
+        score, met = bound, True
+    elif metrics.threshold_at_p90 is not None:
+        score, met, rule = metrics.threshold_at_p90, True, "point"
     else:
         # best precision, then highest recall; only cut-offs that keep at least one true pair
         useful = metrics.recall > 0
@@ -72,8 +85,9 @@ def choose_threshold(metrics: Metrics, preds: Predictions, gt: GroundTruth, fing
         score, met = float(metrics.thresholds[order[0]]), False
         log.warning("precision %.2f is never reached on %s; saving the threshold of the best precision seen",
                     TARGET_PRECISION, benchmark)
-    precision, recall, _ = precision_recall_at_threshold(preds, gt, score)
-    return Threshold(float(score), precision, recall, TARGET_PRECISION, met, fingerprint, k, benchmark)
+    precision, recall, flagged = precision_recall_at_threshold(preds, gt, score)
+    lower = float(precision_lower_bound(round(precision * flagged), flagged))
+    return Threshold(float(score), precision, recall, TARGET_PRECISION, met, fingerprint, k, benchmark, rule, lower)
 
 
 def save_threshold(threshold: Threshold, path: str | Path) -> Path:
@@ -125,20 +139,25 @@ def load_threshold(spec: str | Path | float, fingerprint: str | None = None) -> 
 def _threshold_from(data: dict, path: Path) -> Threshold:
     """Every key of `Threshold`, each of its type, nothing else; the score checked like a user's value."""
     names = [f.name for f in fields(Threshold)]
-    missing, extra = [n for n in names if n not in data], sorted(set(data) - set(names))
+    optional = {"rule", "precision_lower", "unfamiliar_precision"}  # absent from files of earlier versions
+    missing, extra = [n for n in names if n not in data and n not in optional], sorted(set(data) - set(names))
     if missing or extra:
         raise ThresholdError(f"{path}: " + "; ".join(
             ([f"missing key(s) {', '.join(missing)}"] if missing else []) +
             ([f"unknown key(s) {', '.join(extra)}"] if extra else [])) +
             " — write it again with `qkcopy eval`", path)
     kinds = dict(score=float, precision=float, recall=float, target_precision=float, target_met=bool,
-                 fingerprint=str, k=int, benchmark=str)
+                 fingerprint=str, k=int, benchmark=str, rule=str, precision_lower=float, unfamiliar_precision=float)
     for name, kind in kinds.items():
+        if name not in data or (name == "unfamiliar_precision" and data[name] is None):
+            continue
         value = data[name]
         ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
             isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
         if not ok:
             raise ThresholdError(f"{path}: key {name} must be {kind.__name__}, got {value!r}", path)
+    if data.get("rule", "point") not in RULES:
+        raise ThresholdError(f"{path}: key rule must be one of {list(RULES)}, got {data['rule']!r}", path)
     check_score_threshold(data["score"], f"{path} (key score)")
     return Threshold(**{**data, "score": float(data["score"])})
 
@@ -177,12 +196,15 @@ class Calibration:
     normalized: Metrics | None  # with background score normalisation, when asked for
     threshold: Threshold
     out: Path  # predictions.csv, summary.json, pr_curve.png, threshold.json
+    families: list = field(default_factory=list)  # transfer.FamilyTransfer: each edit family left out in turn
+    heldout: dict | None = None  # the threshold on --heldout-benchmark: precision, recall, flagged, µAP
 
 
 def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool = False, beta: float = 1.0,
               n_background: int = 10, max_background: int | None = None, batch_size: int = 64,
-              workers: int = 2) -> Calibration:
-    """Evaluate `trained` (a `qkcopy.run.TrainedModels`) on `benchmark` and write the calibration to `out`."""
+              workers: int = 2, rule: str = "lower-bound", heldout=None) -> Calibration:
+    """Evaluate `trained` (a `qkcopy.run.TrainedModels`) on `benchmark` and write the calibration to `out`;
+    `heldout`: a second benchmark the threshold is checked on (`qkcopy.retrieval.transfer`)."""
     from qkcopy.retrieval.embed_shards import device_of
     from qkcopy.retrieval.embed import embed_paths
     from qkcopy.retrieval.plots import plot_pr_curves
@@ -194,7 +216,7 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                          "query that is a copy of a reference — check its ground-truth CSV")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    size, device = trained.cfg.model.image_size, device_of(trained.q)
+    size, device = trained.cfg.model.input_size, device_of(trained.q)
 
     def embed(model, paths, desc):
         return embed_paths(model, trained.gist256, paths, size, batch_size=batch_size, workers=workers,
@@ -207,11 +229,24 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
     preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k)
     metrics = evaluate(preds, benchmark.ground_truth)
     preds.to_csv(out / "predictions.csv")
-    threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root))
+    threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root),
+                                 rule)
+    families = _family_transfer(benchmark, preds, threshold.rule)
+    if families:
+        threshold = replace(threshold, unfamiliar_precision=pooled(families)[0])
     save_threshold(threshold, out / "threshold.json")
     summary = dict(benchmark=str(benchmark.root), fingerprint=trained.fingerprint, checkpoint=str(trained.checkpoint),
                    k=k, n_queries=len(queries.ids), n_references=len(refs.ids),
-                   skipped=queries.skipped + refs.skipped, raw=metrics.as_dict(), threshold=asdict(threshold))
+                   skipped=queries.skipped + refs.skipped, raw=metrics.as_dict(), threshold=asdict(threshold),
+                   families_left_out=[asdict(f) for f in families])
+    held = None
+    if heldout is not None:
+        hq = embed(trained.q, heldout.query_paths, "held-out queries")
+        hr = embed(trained.k, heldout.reference_paths, "held-out references")
+        hpreds = search_predictions(hq.ids, hq.vectors, hr.ids, hr.vectors, k=k)
+        precision, recall, flagged = precision_recall_at_threshold(hpreds, heldout.ground_truth, threshold.score)
+        held = summary["heldout"] = dict(benchmark=str(heldout.root), precision=precision, recall=recall,
+                                         flagged=flagged, micro_ap=evaluate(hpreds, heldout.ground_truth).micro_ap)
     normalized = None
     if normalize:
         paths = list(benchmark.train_paths)[:max_background]
@@ -227,4 +262,13 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
     curves = {"raw": metrics} if normalized is None else {"raw": metrics, f"normalised (β={beta:g})": normalized}
     plot_pr_curves(curves, out / "pr_curve.png", f"{Path(benchmark.root).name}: k={k} references per query")
     atomic_write_json(out / "summary.json", summary)
-    return Calibration(metrics, normalized, threshold, out)
+    return Calibration(metrics, normalized, threshold, out, families, held)
+
+
+def _family_transfer(benchmark, preds: Predictions, rule: str) -> list:
+    """Each edit family left out of calibration in turn (empty for a benchmark without a qkcopy manifest)."""
+    try:
+        families = query_families(benchmark)
+    except (FileNotFoundError, ValueError):
+        return []
+    return family_transfer(preds, benchmark.ground_truth, families, conservative=rule == "lower-bound")

@@ -93,7 +93,7 @@ def find_duplicates(trained, paths: Sequence[Path], threshold: float, neighbours
     from qkcopy.retrieval.embed_shards import device_of, image_ids
 
     image_ids(paths)  # ids (stems) must be unique
-    size, device = trained.cfg.model.image_size, device_of(trained.q)
+    size, device = trained.cfg.model.input_size, device_of(trained.q)
     q = embed_paths(trained.q, trained.gist256, paths, size, batch_size, workers, device, "Q descriptors")
     k = embed_paths(trained.k, trained.gist256, paths, size, batch_size, workers, device, "K descriptors")
     if q.ids != k.ids:

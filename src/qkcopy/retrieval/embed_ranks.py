@@ -36,7 +36,7 @@ def embed_collection_ranks(trained, paths: Sequence[Path], side: str, out: str |
     shard_dir.mkdir(parents=True, exist_ok=True)
     for s in range(dist.rank, n_shards, dist.world):
         part = paths[s * shard_size:(s + 1) * shard_size]
-        key = shard_key(part, trained.fingerprint, side, trained.cfg.model.image_size)
+        key = shard_key(part, trained.fingerprint, side, trained.cfg.model.input_size)
         if _read_shard(shard_dir / f"{s:05d}.h5", key) is None:
             log.info("rank %d: embedding shard %d/%d (%d images, %s side)", dist.rank, s + 1, n_shards,
                         len(part), side)

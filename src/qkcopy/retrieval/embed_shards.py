@@ -106,7 +106,7 @@ def embed_shard(trained, side: str, part: Sequence[Path], shard: Path, key: str,
                 workers: int) -> tuple[list[str], np.ndarray, list[str]]:
     """Embed one shard's images and write it (atomically) to `shard`; its (ids, vectors (n, E), skipped)."""
     model = getattr(trained, SIDES[side])
-    emb = embed_paths(model, trained.gist256, part, trained.cfg.model.image_size, batch_size=batch_size,
+    emb = embed_paths(model, trained.gist256, part, trained.cfg.model.input_size, batch_size=batch_size,
                       workers=workers, device=device_of(model), desc=f"{side} {shard.name}")
     vectors = emb.vectors.reshape(-1, trained.cfg.model.descriptor_dim) if len(emb.ids) == 0 else emb.vectors
     _write_shard(shard, key, emb.ids, vectors, emb.skipped)
@@ -134,7 +134,7 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
     `trained` is a `qkcopy.run.TrainedModels`. Shards are removed after the merge unless `keep_shards`.
     """
     paths, shard_dir, n_shards = plan_shards(paths, side, out, shard_size)
-    size, fingerprint = trained.cfg.model.image_size, trained.fingerprint
+    size, fingerprint = trained.cfg.model.input_size, trained.fingerprint
     prefix = output_prefix(out)
     new_dir = not shard_dir.exists()
     shard_dir.mkdir(parents=True, exist_ok=True)

@@ -268,7 +268,7 @@ def index_collection(trained, out: str | Path, references: str | Path | None = N
     else:
         paths = scan_images(references)
         image_ids(paths)
-        emb = embed_paths(trained.k, trained.gist256, paths, trained.cfg.model.image_size, batch_size=batch_size,
+        emb = embed_paths(trained.k, trained.gist256, paths, trained.cfg.model.input_size, batch_size=batch_size,
                           workers=workers, device=device_of(trained.k), desc="references")
         if not emb.ids:
             raise ValueError(f"none of the {len(paths)} images under {references} could be read")

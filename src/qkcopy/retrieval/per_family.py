@@ -26,7 +26,11 @@ def query_families(benchmark: Benchmark) -> dict[str, list[str]]:
         raise FileNotFoundError(f"{path} not found: per-family scores need a benchmark built by "
                                 "`qkcopy make-benchmark` (its manifest lists each query's edits)")
     out = {}
-    for q in json.loads(path.read_text())["queries"]:
+    listed = json.loads(path.read_text()).get("queries")
+    if not isinstance(listed, list):
+        raise ValueError(f"{path} lists no queries' edits (not a `qkcopy make-benchmark` manifest); per-family "
+                         "scores need one")
+    for q in listed:
         if "families" in q:
             out[q["id"]] = list(q["families"])
         elif "edits" in q:  # a benchmark built before families were recorded: derive them from the recipe
@@ -36,12 +40,14 @@ def query_families(benchmark: Benchmark) -> dict[str, list[str]]:
     return out
 
 
-def per_family_metrics(preds: Predictions, gt: GroundTruth,
-                       families: Mapping[str, Sequence[str]]) -> dict[str, Metrics]:
-    """{family: Metrics on that family's queries}, for every family with at least one true copy."""
+def per_family_metrics(preds: Predictions, gt: GroundTruth, families: Mapping[str, Sequence[str]],
+                       groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, Metrics]:
+    """{family: Metrics on that family's queries}, for every family with at least one true copy; and for each
+    of `groups` ({name: families}), Metrics on the queries of any of its families."""
     out: dict[str, Metrics] = {}
-    for family in sorted({f for fs in families.values() for f in fs}):
-        chosen = {q for q, fs in families.items() if family in fs and q in gt.matches}
+    wanted = {f: (f,) for f in sorted({f for fs in families.values() for f in fs})} | dict(groups or {})
+    for family, members in wanted.items():
+        chosen = {q for q, fs in families.items() if set(members) & set(fs) and q in gt.matches}
         sub = GroundTruth({q: r for q, r in gt.matches.items() if q in chosen})
         if sub.n_positives == 0:
             continue
@@ -54,7 +60,7 @@ def per_family_metrics(preds: Predictions, gt: GroundTruth,
 def family_table(results: Mapping[str, Mapping[str, Metrics]], counts: Mapping[str, int]) -> str:
     """A markdown table: one row per family, µAP and recall@1 of each method (column)."""
     methods = list(results)
-    families = sorted({f for r in results.values() for f in r})
+    families = list(dict.fromkeys(f for r in results.values() for f in r))  # families, then groups
     head = "| family | copies | " + " | ".join(f"{m} µAP | {m} recall@1" for m in methods) + " |"
     rule = "|---|---:|" + "---:|---:|" * len(methods)
     rows = []

@@ -84,7 +84,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     if not paths:
         raise ValueError("no query images given")
     image_ids(paths)
-    emb = embed_paths(trained.q, trained.gist256, paths, trained.cfg.model.image_size, batch_size=batch_size,
+    emb = embed_paths(trained.q, trained.gist256, paths, trained.cfg.model.input_size, batch_size=batch_size,
                       workers=workers, device=device_of(trained.q), desc="queries")
     if not emb.ids:
         raise DataError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}",

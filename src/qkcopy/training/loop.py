@@ -50,7 +50,8 @@ def segment_names(cfg: TrainConfig) -> list[str]:
 
 def _loader(run: Run, batches: torch.utils.data.Sampler, pairs: bool = False) -> torch.utils.data.DataLoader:
     dataset = TrainImages(run.paths, run.cfg.model.image_size, run.cfg.data.strength, pairs=pairs,
-                          exclude=excluded_ops(run.cfg.data.holdout_families))
+                          exclude=excluded_ops(run.cfg.data.holdout_families),
+                          broad=run.cfg.data.synthesis == "broad")
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=run.cfg.data.workers,
                                        pin_memory=run.device.type == "cuda")
 
@@ -60,7 +61,8 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
     frozen, bank_side = (run.k, "K") if side == "Q" else (run.q, "Q")
     bank_seed = derive_seed(BANK_STREAM, run.cfg.seed, phase) if bank_side == "Q" else None
     recipe = f"{run.data_hash}/{run.cfg.model.image_size}/{run.gist256.fingerprint}/{bank_side}/{bank_seed}/" \
-             f"{run.cfg.data.strength}" + "".join(f"/-{f}" for f in run.cfg.data.holdout_families)
+             f"{run.cfg.data.strength}" + "".join(f"/-{f}" for f in run.cfg.data.holdout_families) + \
+             ("/broad" if run.cfg.data.synthesis == "broad" else "")
     data_hash = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     model_hash = param_fingerprint(frozen.backbone)
     path = run.dir / "banks" / f"phase{phase}-{bank_side}.bank"

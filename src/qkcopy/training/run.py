@@ -254,7 +254,7 @@ class Run:
 
 def evaluate_run(run: Run, benchmark, segment: str) -> dict:
     """Q on the benchmark's queries, K on its references, exhaustive L2 search, ISC2021 metrics."""
-    size, device = run.cfg.model.image_size, run.device
+    size, device = run.cfg.model.input_size, run.device
     queries = embed_paths(run.q, run.gist256, benchmark.query_paths, size, device=device, desc="queries")
     refs = embed_paths(run.k, run.gist256, benchmark.reference_paths, size, device=device, desc="references")
     metrics = evaluate(search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=10),

@@ -1,0 +1,99 @@
+"""How far a copy threshold can be trusted away from the benchmark it was calibrated on.
+
+A threshold picked where precision first reaches 0.9 on one benchmark is tuned to that benchmark's copies: on
+a few hundred pairs its precision is itself uncertain, and copies made with other edits score differently.
+Three measures, all from the calibration's own predictions or one more benchmark:
+
+* **Confidence bound.** `conservative_threshold` picks the lowest score at which the one-sided Clopper–Pearson
+  lower bound (95 %) of precision is still at the target: the threshold `qkcopy eval` saves by default
+  (`--calibration point` keeps the plain cut-off). With n flagged pairs, tp of them true, the bound is the
+  0.05 quantile of Beta(tp, n − tp + 1).
+* **Leave one edit family out** (`family_transfer`, benchmarks built by `qkcopy make-benchmark`): for each edit
+  family f, the threshold is calibrated on the queries without f and applied to the queries with f — the
+  precision a user can expect on a kind of edit the calibration never saw, measured, pooled over families.
+* **Another benchmark** (`qkcopy eval --heldout-benchmark`): the threshold applied to a second benchmark, e.g.
+  one made with `make-benchmark --heldout all` (edits by other code than training's), as the model sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import beta as beta_dist
+
+from qkcopy.data.isc_csv import GroundTruth, Predictions
+from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
+
+CONFIDENCE = 0.95
+
+
+def precision_lower_bound(tp: np.ndarray | int, flagged: np.ndarray | int, confidence: float = CONFIDENCE) -> np.ndarray:
+    """One-sided Clopper–Pearson lower bound of precision tp / flagged (0 where tp is 0)."""
+    tp, flagged = np.asarray(tp, dtype=np.float64), np.asarray(flagged, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = beta_dist.ppf(1.0 - confidence, tp, flagged - tp + 1.0)
+    return np.where(tp > 0, np.nan_to_num(bound, nan=0.0), 0.0)
+
+
+def conservative_threshold(metrics: Metrics, target: float = TARGET_PRECISION,
+                           confidence: float = CONFIDENCE) -> float | None:
+    """The lowest score whose cut-off keeps the precision's lower confidence bound at `target` or above; None
+    when no cut-off does. Cut-offs inside a run of tied scores are skipped: a threshold keeps all of a tie."""
+    n = np.arange(1, len(metrics.precision) + 1)
+    tp = np.rint(metrics.precision * n)
+    ok = precision_lower_bound(tp, n, confidence) >= target
+    s = metrics.thresholds
+    ok[:-1] &= s[1:] < s[:-1]  # the last prediction of its score
+    if not ok.any():
+        return None
+    return float(s[np.flatnonzero(ok)[-1]])
+
+
+def point_threshold(metrics: Metrics) -> float | None:
+    return metrics.threshold_at_p90
+
+
+@dataclass(frozen=True)
+class FamilyTransfer:
+    family: str
+    threshold: float | None  # calibrated without the family's queries; None when the rest never reach it
+    precision: float  # on the family's queries at that threshold
+    recall: float
+    flagged: int
+    true: int
+
+
+def _subset(preds: Predictions, gt: GroundTruth, queries: set[str]) -> tuple[Predictions, GroundTruth]:
+    keep = np.array([q in queries for q in preds.query_ids], dtype=bool)
+    sub_gt = GroundTruth({q: r for q, r in gt.matches.items() if q in queries})
+    return Predictions(preds.query_ids[keep], preds.reference_ids[keep], preds.scores[keep]), sub_gt
+
+
+def family_transfer(preds: Predictions, gt: GroundTruth, families: Mapping[str, Sequence[str]],
+                    conservative: bool = True) -> list[FamilyTransfer]:
+    """For each family with copies: threshold from the other queries, precision on this family's queries."""
+    out = []
+    queries = set(families)
+    for family in sorted({f for fs in families.values() for f in fs}):
+        inside = {q for q in queries if family in families[q]}
+        fam_preds, fam_gt = _subset(preds, gt, inside)
+        rest_preds, rest_gt = _subset(preds, gt, queries - inside)
+        if fam_gt.n_positives == 0 or rest_gt.n_positives == 0:
+            continue
+        rest = evaluate(rest_preds, rest_gt)
+        score = conservative_threshold(rest) if conservative else point_threshold(rest)
+        if score is None:
+            out.append(FamilyTransfer(family, None, 0.0, 0.0, 0, 0))
+            continue
+        precision, recall, flagged = precision_recall_at_threshold(fam_preds, fam_gt, score)
+        out.append(FamilyTransfer(family, score, precision, recall, flagged, round(precision * flagged)))
+    return out
+
+
+def pooled(rows: Sequence[FamilyTransfer]) -> tuple[float, float]:
+    """Precision over every family's flagged pairs together, and the worst family's precision."""
+    flagged = sum(r.flagged for r in rows)
+    used = [r.precision for r in rows if r.flagged]
+    return (sum(r.true for r in rows) / flagged if flagged else 0.0), (min(used) if used else 0.0)
