@@ -35,3 +35,16 @@ def test_fingerprint_changes_with_any_weight(tiny_run, tmp_path):
 def test_not_a_run_is_named(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="not a qkcopy run directory"):
         load_trained(tmp_path)
+
+
+def test_test_size_changes_the_input_and_the_fingerprint(tiny_run):
+    from qkcopy.model.trained import load_trained
+
+    base = load_trained(tiny_run)
+    assert base.cfg.model.input_size == base.cfg.model.image_size
+    same = load_trained(tiny_run, test_size=base.cfg.model.image_size)
+    assert same.fingerprint == base.fingerprint  # the training size given explicitly: nothing changes
+    bigger = load_trained(tiny_run, test_size=base.cfg.model.image_size + 32)
+    assert bigger.cfg.model.input_size == base.cfg.model.image_size + 32 and bigger.fingerprint != base.fingerprint
+    with pytest.raises(ValueError, match="test_size must be at least 32"):
+        load_trained(tiny_run, test_size=8)

@@ -104,3 +104,30 @@ def test_calibrate_end_to_end(tiny_run, tiny_benchmark, tmp_path):
     assert summary["normalized"]["beta"] == 1.0 and summary["normalized"]["n_background"] == 10
     norm = Predictions.from_csv(tmp_path / "eval" / "predictions_normalized.csv")
     assert norm.query_ids.tolist() == preds.query_ids.tolist()  # same candidates, shifted per query
+
+
+def test_eval_cli_reports_unfamiliar_precision_and_a_heldout_benchmark(tiny_run, tiny_benchmark, tmp_path, capsys):
+    from qkcopy.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(tiny_run), "--benchmark", str(tiny_benchmark), "--out", str(out),
+                 "--heldout-benchmark", str(tiny_benchmark), "--calibration", "point", "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    saved = json.loads((out / "threshold.json").read_text())
+    assert saved["rule"] == "point" and 0 <= saved["precision_lower"] <= saved["precision"]
+    summary = json.loads((out / "summary.json").read_text())
+    held = summary["heldout"]  # the same benchmark as held-out: the threshold's own precision and recall
+    assert (held["precision"], held["recall"]) == pytest.approx((saved["precision"], saved["recall"]))
+    assert f"precision {held['precision']:.3f}, recall {held['recall']:.3f} at this threshold" in text
+    assert "95% lower bound" in text and "on unfamiliar edits" in text
+
+
+def test_threshold_files_of_earlier_versions_still_load(tmp_path):
+    old = {"format": "qkcopy-threshold/1", "score": -1.5, "precision": 0.9, "recall": 0.6, "target_precision": 0.9,
+           "target_met": True, "fingerprint": "fp", "k": 10, "benchmark": "b"}
+    (tmp_path / "threshold.json").write_text(json.dumps(old))
+    t = load_threshold(tmp_path / "threshold.json", "fp")
+    assert t.score == -1.5 and t.rule == "point" and t.unfamiliar_precision is None
+    (tmp_path / "threshold.json").write_text(json.dumps(old | {"rule": "hopeful"}))
+    with pytest.raises(ValueError, match="key rule must be one of"):
+        load_threshold(tmp_path / "threshold.json", "fp")

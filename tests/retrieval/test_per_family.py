@@ -72,3 +72,32 @@ def test_families_of_an_augly_benchmark_come_from_its_recipes(tmp_path):
         del q["families"]  # as an older qkcopy wrote it: derived from the recipe all the same
     (bench.root / "manifest.json").write_text(json.dumps(manifest))
     assert query_families(bench) == families
+
+
+def test_groups_score_the_queries_of_any_of_their_families():
+    gt = GroundTruth({"q1": "r1", "q2": "r2", "q3": None, "q4": "r4"})
+    families = {"q1": ["a"], "q2": ["b"], "q3": ["c"], "q4": ["c"]}
+    preds = Predictions(np.array(["q1", "q2", "q3", "q4"]), np.array(["r1", "r9", "r1", "r4"]),
+                        np.array([-0.1, -0.2, -0.05, -0.3]))
+    got = per_family_metrics(preds, gt, families, {"ab": ("a", "b"), "every": ("a", "b", "c")})
+    want = evaluate(Predictions(preds.query_ids[:2], preds.reference_ids[:2], preds.scores[:2]),
+                    GroundTruth({"q1": "r1", "q2": "r2"}))
+    assert got["ab"].micro_ap == pytest.approx(want.micro_ap) and got["ab"].recall_at_1 == 0.5
+    assert got["every"].micro_ap == pytest.approx(evaluate(preds, gt).micro_ap)
+    assert list(got)[-2:] == ["ab", "every"]  # groups after the families in the table
+
+
+def test_families_cli_group_rows_and_refusals(heldout_bench, tmp_path, capsys):
+    families = query_families(heldout_bench)
+    q = np.array(sorted(families))
+    truth = heldout_bench.ground_truth.matches
+    refs = np.array([truth[i] or "R000000" for i in q])
+    Predictions(q, refs, np.array([-0.1 if truth[i] else -0.5 for i in q])).to_csv(tmp_path / "predictions.csv")
+    assert main(["families", "--benchmark", str(heldout_bench.root), str(tmp_path / "predictions.csv"),
+                 "--group", "held=collage,border", "--group", "all=all"]) == 0
+    out = capsys.readouterr().out
+    copies = sum(1 for i, fs in families.items() if truth.get(i) and fs[0] in ("collage", "border"))
+    assert f"| held | {copies} | 1.000 | 1.000 |" in out and "| all | " in out
+    assert main(["families", "--benchmark", str(heldout_bench.root), str(tmp_path / "predictions.csv"),
+                 "--group", "x=teleport"]) == 2
+    assert "--group 'x=teleport'" in capsys.readouterr().err
