@@ -2,9 +2,12 @@
 
 `calibrate` embeds the benchmark's queries with Q and references with K, takes the k nearest references of
 each query (score = −squared L2, as in the metric) and measures µAP, recall at precision 0.9 and recall@1.
-The score at which precision reaches 0.9 becomes `threshold.json`, so that `qkcopy search` can answer "copy /
-not a copy" for new images: pairs scoring at or above it are called copies. When the benchmark never reaches
-precision 0.9, the threshold of the best precision reached is saved instead, flagged `target_met: false`.
+The lowest score at which the 95 % lower confidence bound of precision still reaches 0.9 (rule "lower-bound",
+the default; rule "point": where precision itself reaches 0.9) becomes `threshold.json`, so that `qkcopy
+search` can answer "copy / not a copy" for new images: pairs scoring at or above it are called copies. When no
+cut-off's bound reaches 0.9 the point rule is used; when the benchmark never reaches precision 0.9, the
+threshold of the best precision reached is saved instead, flagged `target_met: false`. The file also records
+the precision measured with each edit family left out of the calibration (`qkcopy.retrieval.transfer`).
 
 Score normalisation (optional, reported beside the raw numbers). The ISC2021 baselines
 (facebookresearch/isc2021, scripts/score_normalization.py) subtract from each query's inner-product scores

@@ -17,6 +17,7 @@ Three measures, all from the calibration's own predictions or one more benchmark
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,20 +77,29 @@ def family_transfer(preds: Predictions, gt: GroundTruth, families: Mapping[str, 
     """For each family with copies: threshold from the other queries, precision on this family's queries."""
     out = []
     queries = set(families)
-    for family in sorted({f for fs in families.values() for f in fs}):
-        inside = {q for q in queries if family in families[q]}
-        fam_preds, fam_gt = _subset(preds, gt, inside)
-        rest_preds, rest_gt = _subset(preds, gt, queries - inside)
-        if fam_gt.n_positives == 0 or rest_gt.n_positives == 0:
-            continue
-        rest = evaluate(rest_preds, rest_gt)
-        score = conservative_threshold(rest) if conservative else point_threshold(rest)
-        if score is None:
-            out.append(FamilyTransfer(family, None, 0.0, 0.0, 0, 0))
-            continue
-        precision, recall, flagged = precision_recall_at_threshold(fam_preds, fam_gt, score)
-        out.append(FamilyTransfer(family, score, precision, recall, flagged, round(precision * flagged)))
+    quiet = logging.getLogger("qkcopy.retrieval.metrics")
+    level, _ = quiet.level, quiet.setLevel(logging.WARNING)  # not one "µAP …" line per family
+    try:
+        for family in sorted({f for fs in families.values() for f in fs}):
+            out.extend(_left_out(preds, gt, families, queries, family, conservative))
+    finally:
+        quiet.setLevel(level)
     return out
+
+
+def _left_out(preds, gt, families, queries, family, conservative) -> list[FamilyTransfer]:
+    """[the transfer to `family`], or [] when it or the other queries hold no copy."""
+    inside = {q for q in queries if family in families[q]}
+    fam_preds, fam_gt = _subset(preds, gt, inside)
+    rest_preds, rest_gt = _subset(preds, gt, queries - inside)
+    if fam_gt.n_positives == 0 or rest_gt.n_positives == 0:
+        return []
+    rest = evaluate(rest_preds, rest_gt)
+    score = conservative_threshold(rest) if conservative else point_threshold(rest)
+    if score is None:
+        return [FamilyTransfer(family, None, 0.0, 0.0, 0, 0)]
+    precision, recall, flagged = precision_recall_at_threshold(fam_preds, fam_gt, score)
+    return [FamilyTransfer(family, score, precision, recall, flagged, round(precision * flagged))]
 
 
 def pooled(rows: Sequence[FamilyTransfer]) -> tuple[float, float]:
