@@ -37,7 +37,7 @@ def test_cosine_schedule_to_half():
 
 
 def test_presets_resolve_from_the_repository_configs_folder():
-    assert preset_names() == ["cpu", "demo", "paper"]
+    assert preset_names() == ["cpu", "cpu-long", "demo", "paper"]
     repo_configs = PRESET_DIR.parents[2] / "configs"  # the configs/ the README names
     assert sorted(p.stem for p in repo_configs.glob("*.yaml")) == preset_names()
     assert load_config(repo_configs / "cpu.yaml") == load_config("cpu")

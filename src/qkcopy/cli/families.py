@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         csv = path / "predictions.csv" if path.is_dir() else path
         if not csv.is_file():
             raise FileNotFoundError(f"{csv} not found: give a predictions.csv or a folder holding one")
-        label = (path if path.is_dir() else path.parent).name
+        folder = path if path.is_dir() else path.parent
+        label = folder.name if folder.name not in results else f"{folder.parent.name}/{folder.name}"
         results[label] = per_family_metrics(Predictions.from_csv(csv), bench.ground_truth, families, groups)
     counts = {}
     for q, fs in families.items():
