@@ -120,6 +120,23 @@ def test_eval_cli_reports_unfamiliar_precision_and_a_heldout_benchmark(tiny_run,
     assert (held["precision"], held["recall"]) == pytest.approx((saved["precision"], saved["recall"]))
     assert f"precision {held['precision']:.3f}, recall {held['recall']:.3f} at this threshold" in text
     assert "95% lower bound" in text and "on unfamiliar edits" in text
+    assert summary["families"] == {} and "not measured (the benchmark lists no edit families)" in text
+
+
+def test_calibrate_scores_families_and_leaves_each_out(tiny_run, tiny_benchmark, tmp_path):
+    import shutil
+
+    root = tmp_path / "bench"
+    shutil.copytree(tiny_benchmark, root)
+    names = sorted(p.stem for p in (root / "queries").iterdir())
+    queries = [{"id": q, "families": ["colour" if i % 2 else "border"]} for i, q in enumerate(names)]
+    (root / "manifest.json").write_text(json.dumps({"format": "qkcopy-benchmark/1", "queries": queries}))
+    cal = calibrate(load_trained(tiny_run), load_benchmark(root), tmp_path / "eval", k=5, workers=0, rule="point")
+    assert set(cal.per_family) == {"colour", "border"}
+    assert sum(v["copies"] for v in cal.per_family.values()) == cal.metrics.n_positives
+    assert {f.family for f in cal.families} == {"colour", "border"}
+    saved = load_threshold(tmp_path / "eval" / "threshold.json")
+    assert saved.unfamiliar_precision is not None and 0.0 <= saved.unfamiliar_precision <= 1.0
 
 
 def test_threshold_files_of_earlier_versions_still_load(tmp_path):

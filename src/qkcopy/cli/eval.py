@@ -64,6 +64,9 @@ def _print_transfer(cal) -> None:
     held-out benchmark when one was given."""
     from qkcopy.retrieval.transfer import pooled
 
+    if cal.per_family:
+        print("per edit family:  " + "  ".join(f"{f} {v['micro_ap']:.3f}" for f, v in cal.per_family.items())
+              + "  (µAP; recall@1 and copies in summary.json)")
     if cal.families:
         together, worst = pooled(cal.families)
         name = min((f for f in cal.families if f.flagged), key=lambda f: f.precision, default=None)

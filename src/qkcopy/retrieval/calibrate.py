@@ -40,7 +40,7 @@ import numpy as np
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 
 from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
-from qkcopy.retrieval.per_family import query_families
+from qkcopy.retrieval.per_family import per_family_metrics, query_families
 from qkcopy.retrieval.transfer import conservative_threshold, family_transfer, pooled, precision_lower_bound
 from qkcopy.errors import ThresholdError, read_json
 from qkcopy.io import atomic_write_json
@@ -201,6 +201,7 @@ class Calibration:
     out: Path  # predictions.csv, summary.json, pr_curve.png, threshold.json
     families: list = field(default_factory=list)  # transfer.FamilyTransfer: each edit family left out in turn
     heldout: dict | None = None  # the threshold on --heldout-benchmark: precision, recall, flagged, µAP
+    per_family: dict = field(default_factory=dict)  # edit family → µAP, recall@1, copies
 
 
 def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool = False, beta: float = 1.0,
@@ -234,14 +235,14 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
     preds.to_csv(out / "predictions.csv")
     threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root),
                                  rule)
-    families = _family_transfer(benchmark, preds, threshold.rule)
+    families, per_family = _family_transfer(benchmark, preds, threshold.rule)
     if families:
         threshold = replace(threshold, unfamiliar_precision=pooled(families)[0])
     save_threshold(threshold, out / "threshold.json")
     summary = dict(benchmark=str(benchmark.root), fingerprint=trained.fingerprint, checkpoint=str(trained.checkpoint),
                    k=k, n_queries=len(queries.ids), n_references=len(refs.ids),
                    skipped=queries.skipped + refs.skipped, raw=metrics.as_dict(), threshold=asdict(threshold),
-                   families_left_out=[asdict(f) for f in families])
+                   families_left_out=[asdict(f) for f in families], families=per_family)
     held = None
     if heldout is not None:
         hq = embed(trained.q, heldout.query_paths, "held-out queries")
@@ -265,13 +266,22 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
     curves = {"raw": metrics} if normalized is None else {"raw": metrics, f"normalised (β={beta:g})": normalized}
     plot_pr_curves(curves, out / "pr_curve.png", f"{Path(benchmark.root).name}: k={k} references per query")
     atomic_write_json(out / "summary.json", summary)
-    return Calibration(metrics, normalized, threshold, out, families, held)
+    return Calibration(metrics, normalized, threshold, out, families, held, per_family)
 
 
-def _family_transfer(benchmark, preds: Predictions, rule: str) -> list:
-    """Each edit family left out of calibration in turn (empty for a benchmark without a qkcopy manifest)."""
+def _family_transfer(benchmark, preds: Predictions, rule: str) -> tuple[list, dict]:
+    """Each edit family left out of calibration in turn, and {family: µAP, recall@1, copies} (both empty for a
+    benchmark without a qkcopy manifest)."""
     try:
         families = query_families(benchmark)
     except (FileNotFoundError, ValueError):
-        return []
-    return family_transfer(preds, benchmark.ground_truth, families, conservative=rule == "lower-bound")
+        return [], {}
+    gt = benchmark.ground_truth
+    quiet = logging.getLogger("qkcopy.retrieval.metrics")
+    level, _ = quiet.level, quiet.setLevel(logging.WARNING)
+    try:
+        scores = {f: dict(micro_ap=m.micro_ap, recall_at_1=m.recall_at_1, copies=m.n_positives)
+                  for f, m in per_family_metrics(preds, gt, families).items()}
+    finally:
+        quiet.setLevel(level)
+    return family_transfer(preds, gt, families, conservative=rule == "lower-bound"), scores
