@@ -8,7 +8,8 @@ from qkcopy.config import load_config
 from qkcopy.model.descriptor import build_qk_models
 from qkcopy.training.loop import TrainingDiverged, train
 
-TINY = ["model.weights=null", "model.image_size=32", "model.test_size=null", "model.hidden=32",
+TINY = ["model.weights=null", "model.image_size=32", "model.test_size=null", "data.synthesis=augly",
+        "data.strength=medium", "model.hidden=32",
         "model.descriptor_dim=16",
         "data.batch_size=4", "data.workers=0", "data.pca_images=24", "schedule.steps_per_phase=3",
         "schedule.phases=[Q,K]", "schedule.checkpoint_every=100", "device=cpu",
