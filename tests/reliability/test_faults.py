@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from qkcopy.retrieval.descriptors import read_isc_h5
 from qkcopy.retrieval.index import ReferenceIndex
 
-TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.descriptor_dim=16",
+TINY = ["model.weights=null", "model.image_size=32", "model.test_size=null", "data.synthesis=augly",
+        "data.strength=medium", "model.hidden=32", "model.descriptor_dim=16",
         "data.batch_size=4", "data.workers=0", "data.pca_images=24", "schedule.steps_per_phase=4",
         "schedule.phases=[Q,K]", "schedule.checkpoint_every=1", "device=cpu",
         "model.head_init=random", "model.feature_norm=false"]  # a checkpoint swap after every step
