@@ -41,7 +41,8 @@ from qkcopy.data.isc_csv import GroundTruth, Predictions
 
 from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
 from qkcopy.retrieval.per_family import per_family_metrics, query_families
-from qkcopy.retrieval.transfer import conservative_threshold, family_transfer, pooled, precision_lower_bound
+from qkcopy.retrieval.transfer import (conservative_threshold, family_transfer, pooled, precision_lower_bound,
+                                      quiet_metrics)
 from qkcopy.errors import ThresholdError, read_json
 from qkcopy.io import atomic_write_json
 
@@ -277,11 +278,7 @@ def _family_transfer(benchmark, preds: Predictions, rule: str) -> tuple[list, di
     except (FileNotFoundError, ValueError):
         return [], {}
     gt = benchmark.ground_truth
-    quiet = logging.getLogger("qkcopy.retrieval.metrics")
-    level, _ = quiet.level, quiet.setLevel(logging.WARNING)
-    try:
+    with quiet_metrics():
         scores = {f: dict(micro_ap=m.micro_ap, recall_at_1=m.recall_at_1, copies=m.n_positives)
                   for f, m in per_family_metrics(preds, gt, families).items()}
-    finally:
-        quiet.setLevel(level)
     return family_transfer(preds, gt, families, conservative=rule == "lower-bound"), scores

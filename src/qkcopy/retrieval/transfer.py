@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,14 +78,22 @@ def family_transfer(preds: Predictions, gt: GroundTruth, families: Mapping[str, 
     """For each family with copies: threshold from the other queries, precision on this family's queries."""
     out = []
     queries = set(families)
-    quiet = logging.getLogger("qkcopy.retrieval.metrics")
-    level, _ = quiet.level, quiet.setLevel(logging.WARNING)  # not one "µAP …" line per family
-    try:
+    with quiet_metrics():  # not one "µAP …" line per family
         for family in sorted({f for fs in families.values() for f in fs}):
             out.extend(_left_out(preds, gt, families, queries, family, conservative))
-    finally:
-        quiet.setLevel(level)
     return out
+
+
+@contextmanager
+def quiet_metrics():
+    """`evaluate` without its INFO line, for the many small evaluations of per-family figures."""
+    logger = logging.getLogger("qkcopy.retrieval.metrics")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _left_out(preds, gt, families, queries, family, conservative) -> list[FamilyTransfer]:
