@@ -57,12 +57,14 @@ def smallest_pairs(values: torch.Tensor, batch_index: torch.Tensor, rows: torch.
 
 
 class HardNegativeMiner:
-    """Running top-K smallest distances over (batch item, bank row) pairs, positives excluded.
+    """Running candidates for the K hardest (batch item, bank row) pairs, positives excluded.
 
-    Fed one (B, C) chunk of distances at a time, so the full (B, N) matrix never exists. The K = B·M pairs it
-    keeps are the global hardest of the whole batch (not M per query), as in the paper. Ties are broken by
-    batch index, then bank row (`smallest_pairs`), so the choice does not depend on how the bank is chunked
-    or sharded over ranks.
+    Fed one (B, C) chunk of distances at a time, so the full (B, N) matrix never exists. The K = B·M pairs are
+    the global hardest of the whole batch (not M per query), as in the paper. Each pair may carry a bound ε on
+    its rounding (`qk.certify`); the miner keeps every pair with d − ε ≤ U, U the K-th smallest d + ε so far
+    (with ε = 0: the K smallest and every pair tied with the K-th). `result` picks K of them by (distance,
+    batch index, row); `qk.certify.choose_pairs` picks the certified K. Neither depends on how the bank is
+    chunked or sharded over ranks.
     """
 
     def __init__(self, k: int, positive_rows: torch.Tensor):
@@ -71,12 +73,14 @@ class HardNegativeMiner:
         self.k = k
         self.positive_rows = positive_rows  # (B,) int64 bank row of each item's positive
         device = positive_rows.device
-        self.values = torch.empty(0, device=device)  # (≤K,) float32
-        self.batch_index = torch.empty(0, dtype=torch.long, device=device)  # (≤K,)
-        self.rows = torch.empty(0, dtype=torch.long, device=device)  # (≤K,) global bank rows
+        self.values = torch.empty(0, device=device)  # (P,) float32 computed distances d
+        self.errors = torch.empty(0, device=device)  # (P,) float32 bounds ε on their rounding (0: unbounded)
+        self.batch_index = torch.empty(0, dtype=torch.long, device=device)  # (P,)
+        self.rows = torch.empty(0, dtype=torch.long, device=device)  # (P,) global bank rows
 
-    def update(self, d2: torch.Tensor, row_offset: int) -> None:
-        """Add a chunk of distances d2 (B, C) float32 whose columns are bank rows row_offset … row_offset+C−1."""
+    def update(self, d2: torch.Tensor, row_offset: int, errors: torch.Tensor | None = None) -> None:
+        """Add a chunk of distances d2 (B, C) float32 whose columns are bank rows row_offset … row_offset+C−1,
+        with optional bounds (B, C) on their rounding."""
         b_count, c_count = d2.shape
         if b_count != self.positive_rows.numel():
             raise ValueError(f"chunk has {b_count} batch rows, expected {self.positive_rows.numel()}")
@@ -85,36 +89,36 @@ class HardNegativeMiner:
         if inside.any():
             d2 = d2.clone()
             d2[inside.nonzero().squeeze(1), local[inside]] = float("inf")
-        self._merge(d2, None, row_offset)
+        self._merge(d2, errors, None, row_offset)
 
-    def update_rows(self, d2: torch.Tensor, rows: torch.Tensor) -> None:
+    def update_rows(self, d2: torch.Tensor, rows: torch.Tensor, errors: torch.Tensor | None = None) -> None:
         """Add distances d2 (B, C) float32 whose columns are the bank rows `rows` (C,) int64, ascending."""
         if d2.ndim != 2 or rows.shape != d2.shape[1:]:
             raise ValueError(f"expected d2 (B, C) and rows (C,), got {tuple(d2.shape)} and {tuple(rows.shape)}")
         if d2.shape[0] != self.positive_rows.numel():
             raise ValueError(f"chunk has {d2.shape[0]} batch rows, expected {self.positive_rows.numel()}")
         d2 = d2.masked_fill(rows[None, :] == self.positive_rows[:, None], float("inf"))  # (B, C)
-        self._merge(d2, rows, 0)
+        self._merge(d2, errors, rows, 0)
 
-    def _merge(self, d2: torch.Tensor, rows_of_column: torch.Tensor | None, row_offset: int) -> None:
-        """Keep the K smallest of the kept pairs and d2 (B, C) (positives already inf)."""
+    def _merge(self, d2: torch.Tensor, errors: torch.Tensor | None, rows_of_column: torch.Tensor | None,
+               row_offset: int) -> None:
+        """Keep the pairs of the kept ones and d2 (B, C) (positives already inf) with d − ε ≤ U."""
         c_count = d2.shape[1]
         flat = d2.reshape(-1)  # (B·C,)
-        values, flat_index = torch.topk(flat, min(self.k, flat.numel()), largest=False, sorted=False)
-        if values.numel():  # ties at the k-th value: keep the lowest flat indices (batch, then row)
-            kth = values.max()
-            below = flat_index[values < kth]
-            tied = (flat == kth).nonzero().squeeze(1)[:values.numel() - below.numel()]
-            flat_index = torch.cat([below, tied])
-            values = flat[flat_index]
-        keep = torch.isfinite(values)
-        values, flat_index = values[keep], flat_index[keep]
-        values = torch.cat([self.values, values])
+        err = torch.zeros_like(flat) if errors is None else errors.reshape(-1).to(flat.dtype)  # (B·C,)
+        upper = flat + err
+        best = torch.topk(upper, min(self.k, flat.numel()), largest=False, sorted=False).values
+        pool = torch.cat([self.values + self.errors, best])
+        bound = pool.kthvalue(self.k).values if pool.numel() >= self.k else pool.new_tensor(float("inf"))
+        flat_index = ((flat - err <= bound) & torch.isfinite(flat)).nonzero().squeeze(1)  # (P_new,)
+        keep = self.values - self.errors <= bound  # the kept pairs U rules out now
         columns = flat_index % c_count
-        batch_index = torch.cat([self.batch_index, flat_index // c_count])
-        rows = torch.cat([self.rows, columns + row_offset if rows_of_column is None else rows_of_column[columns]])
-        self.values, self.batch_index, self.rows = smallest_pairs(values, batch_index, rows, self.k)
+        self.values = torch.cat([self.values[keep], flat[flat_index]])
+        self.errors = torch.cat([self.errors[keep], err[flat_index]])
+        self.batch_index = torch.cat([self.batch_index[keep], flat_index // c_count])
+        self.rows = torch.cat([self.rows[keep], columns + row_offset if rows_of_column is None
+                               else rows_of_column[columns]])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values, batch_index, rows) of the kept negatives, sorted by (distance, batch index, row), each (K,)."""
-        return self.values, self.batch_index, self.rows
+        """(values, batch_index, rows) of the K kept pairs smallest by (distance, batch index, row), each (K,)."""
+        return smallest_pairs(self.values, self.batch_index, self.rows, self.k)

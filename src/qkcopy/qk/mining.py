@@ -11,15 +11,15 @@ weights θ (ReLU is 1-Lipschitz; ‖·‖₂ spectral norms, Δ = θ − θ⁰):
 
     ‖k_n − k⁰_n‖ ≤ δ_n = s·( ‖W2‖₂ (‖ΔW1‖₂ ‖x_n‖ + ‖Δb1‖) + ‖ΔW2‖₂ ‖h⁰_n‖ + ‖Δb2‖ )
 
-so ‖q_b − k_n‖ ≥ ‖q_b − k̃_n‖ − r_n − δ_n. One step:
+so ‖q_b − k_n‖ ≥ ‖q_b − k̃_n‖ − r_n − δ_n (r_n also holds the bound on k⁰_n's own float32 rounding). One step:
 1. squared distances from the batch to every cached descriptor, (B × N_r × E): 0.4 % of the head's FLOPs;
-2. the K pairs with the smallest cached distances: their rows (≤ K) are evaluated exactly; the K-th smallest
-   exact distance among the pairs evaluated on all ranks, T, bounds the true K-th smallest from above;
-3. every other row whose lower bound is ≤ T for some query of the batch is evaluated exactly. No row left
-   out can hold one of the K hardest pairs, so the K smallest evaluated pairs are the full pass's choice
-   (same tie order: distance, batch index, row).
-Slack for float32 rounding: cached distances (GEMM expansion) may be off by γ·(‖q‖ + ‖k̃‖)², γ = 2E·2⁻²⁴,
-and descriptors by 10⁻⁴·‖k̃_n‖ (observed: 10⁻⁷); both widen the set of rows evaluated, never narrow it.
+2. the K pairs with the smallest cached distances: their rows (≤ K) are evaluated; the K-th smallest upper
+   bound d̂ + ε (`qk.certify`) among the pairs evaluated on all ranks, T, bounds the K-th reference distance;
+3. every other row whose lower bound is ≤ T for some query of the batch is evaluated. No row left out can
+   hold one of the K hardest pairs, so `qk.certify.choose_pairs` over the evaluated pairs picks the full
+   pass's set, the K smallest in (reference distance, batch index, row) order, whatever the kernels.
+Slack for float32 rounding: cached distances (GEMM expansion) may be off by 2γ_{E+3}·(‖q‖ + ‖k̃‖)², and
+descriptors by 10⁻⁴·‖k̃_n‖ besides their proven bound; both widen the set of rows evaluated, never narrow it.
 The set grows as the head moves away from θ⁰; a full pass (renewing the cache) replaces step 3 when the
 fraction of rows to evaluate exceeds `max_fraction` or the mean cost per step since the last full pass
 (counting that pass as 1): renewing then lowers the mean. With the frozen head fixed (full freeze) δ = 0.
@@ -36,6 +36,7 @@ from torch import nn
 from qkcopy.distributed import Dist
 from qkcopy.model.descriptor import Head
 from qkcopy.qk.bank import BankShard
+from qkcopy.qk.certify import HeadBound, certifiable, gamma, gemm_unit
 from qkcopy.qk.loss import HardNegativeMiner, squared_distances
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class BoundedMiner:
 
     @staticmethod
     def _check_head(head: nn.Module) -> None:
-        if not isinstance(head, Head) or head.refine is not None or head.ffn[0].weight.dtype != torch.float32:
+        if not certifiable(head):
             raise ValueError("bounded mining supports the paper-variant float32 Head only (model.variant=paper); "
                              "use the full pass (mining=full) for other heads")
 
@@ -104,9 +105,10 @@ class BoundedMiner:
             if self.weights is None:
                 return self._full_pass(q, head, positive_rows, k, n_total)
             miner = HardNegativeMiner(k, positive_rows)
+            bound = HeadBound(head, q.device)
             first, row_min, slack = self._cached_pass(q, positive_rows, k)  # (≤K,), (N_r,), ()
-            self._evaluate(miner, q, head, first)
-            found = dist.all_gather_cat(miner.values)  # (≤W·K,) exact distances of the pairs found so far
+            self._evaluate(miner, q, bound, first)
+            found = dist.all_gather_cat(miner.values + miner.errors)  # (P,) upper bounds of the pairs so far
             threshold = found.sort().values[k - 1] if found.numel() >= k else found.new_tensor(float("inf"))
             lower = (row_min - slack).clamp_min(0).sqrt() - self._movement(head)  # (N_r,) ≤ ‖q_b − k_n‖, some b
             candidate = lower <= (threshold + slack).sqrt()
@@ -117,7 +119,7 @@ class BoundedMiner:
             fraction = evaluated / n_total
             if fraction > self.max_fraction or fraction * self.cycle_steps > self.cycle_cost:
                 return self._full_pass(q, head, positive_rows, k, n_total)
-            self._evaluate(miner, q, head, rest)
+            self._evaluate(miner, q, bound, rest)
         self.cycle_cost, self.cycle_steps = self.cycle_cost + fraction, self.cycle_steps + 1
         self.history.append(MiningStep(evaluated, n_total, False))
         return miner
@@ -125,21 +127,20 @@ class BoundedMiner:
     def _full_pass(self, q: torch.Tensor, head: Head, positive_rows: torch.Tensor, k: int,
                    n_total: int) -> HardNegativeMiner:
         """Head over every row of the shard (as `mine_hard_negatives`), renewing the cache on the way."""
-        shard, ffn = self.shard, head.ffn
+        shard, ffn, bound = self.shard, head.ffn, HeadBound(head, q.device)
         n_r = shard.rows.shape[0]
         cache = torch.empty(n_r, head.descriptor_dim, dtype=torch.float16, device=shard.device)
         input_norm, hidden_norm, rounding = (torch.empty(n_r, device=shard.device) for _ in range(3))
         miner = HardNegativeMiner(k, positive_rows)
+        q_norm = q.norm(dim=1)  # (B,)
         for offset, rows in shard.chunks():  # rows (C, F) float32
-            feat, g = shard.split(rows)  # (C, D), (C, E)
-            x = torch.cat([nn.functional.normalize(feat, dim=1) if head.feature_norm else feat, g], 1)  # (C, F)
-            hidden = ffn[1](ffn[0](x))  # (C, H), as Head.forward computes it
-            keys = g + head.scale * ffn[2](hidden)  # (C, E) float32, bit for bit head(feat, g)
-            miner.update(squared_distances(q, keys), offset)
+            keys, key_error, x_norm, h_norm = bound.keys(*shard.split(rows))  # (C, E), (C,) ×3
+            d2 = squared_distances(q, keys)  # (B, C) float32
+            miner.update(d2, offset, bound.pair_error(q_norm, keys, key_error, d2))
             local = slice(offset - shard.start, offset - shard.start + rows.shape[0])
             cache[local] = keys.half()
-            rounding[local] = (keys - cache[local].float()).norm(dim=1)
-            input_norm[local], hidden_norm[local] = x.norm(dim=1), hidden.norm(dim=1)
+            rounding[local] = (keys - cache[local].float()).norm(dim=1) + key_error  # ≥ ‖k⁰ − k̃‖
+            input_norm[local], hidden_norm[local] = x_norm, h_norm
         self.cache, self.input_norm, self.hidden_norm, self.rounding = cache, input_norm, hidden_norm, rounding
         self.cache_norm = cache.float().norm(dim=1) if n_r else input_norm
         self.weights = [p.detach().clone() for p in (ffn[0].weight, ffn[0].bias, ffn[2].weight, ffn[2].bias)]
@@ -162,7 +163,7 @@ class BoundedMiner:
             nearest.update(d2, start + s)
             row_min[s:s + d2.shape[1]] = d2.min(0).values
         norms = q.norm(dim=1).max() + (self.cache_norm.max() if self.cache_norm.numel() else 0.0)
-        slack = 2 * q.shape[1] * 2.0 ** -24 * norms ** 2
+        slack = 2 * gamma(q.shape[1] + 3, gemm_unit(q.device)) * norms ** 2
         return torch.unique(nearest.rows), row_min, slack
 
     def _movement(self, head: Head) -> torch.Tensor:
@@ -179,12 +180,14 @@ class BoundedMiner:
             delta = delta * (1 + 1e-5)  # (N_r,) float32 rounding of this bound itself
         return delta + self.rounding + DESCRIPTOR_SLACK * (self.cache_norm + 1e-3)
 
-    def _evaluate(self, miner: HardNegativeMiner, q: torch.Tensor, head: Head, rows: torch.Tensor) -> None:
-        """Head over `rows` (R,) ascending global rows of the shard, in chunks; exact distances into `miner`."""
+    def _evaluate(self, miner: HardNegativeMiner, q: torch.Tensor, bound: HeadBound, rows: torch.Tensor) -> None:
+        """Head over `rows` (R,) ascending global rows of the shard, in chunks; distances and bounds into `miner`."""
+        q_norm = q.norm(dim=1)  # (B,)
         for s in range(0, rows.numel(), self.shard.chunk_rows):
             index = rows[s:s + self.shard.chunk_rows]
-            keys = head(*self.shard.split(self.shard.take(index)))  # (C, E) float32
-            miner.update_rows(squared_distances(q, keys), index.to(q.device))
+            keys, key_error, _, _ = bound.keys(*self.shard.split(self.shard.take(index)))  # (C, E), (C,)
+            d2 = squared_distances(q, keys)  # (B, C) float32
+            miner.update_rows(d2, index.to(q.device), bound.pair_error(q_norm, keys, key_error, d2))
 
     def summary(self) -> dict:
         """Steps, full passes and the mean fraction of rows evaluated per step so far."""

@@ -10,8 +10,9 @@ With one process (`Dist()`, world 1) every collective below is the identity. Wit
 2. each rank passes the frozen side's head over its own bank shard (no grad), chunk by chunk, keeping a
    running top-K of its distances to the whole global batch, positives excluded — or, given a
    `qk.mining.BoundedMiner`, only over the rows that its bounds cannot rule out (the same top-K, exactly);
-3. the W candidate lists (distance, batch index, row) are all-gathered and every rank picks the same global
-   K hardest pairs, ties broken by (distance, batch index, row);
+3. the W candidate lists (distance, rounding bound, batch index, row) are all-gathered and every rank picks
+   the same global K hardest pairs (`qk.certify.choose_pairs`: the K smallest in (reference distance, batch
+   index, row) order, the same set on any kernel, chunking or number of ranks);
 4. each rank re-runs the head WITH grad on the selected rows it owns; those keys are all-gathered
    differentiably, so every rank holds all B queries and all S keys, each with a path back to its owner;
 5. every rank computes the same global loss (`pair_loss`). The backward of an all-gather sums the W identical
@@ -30,7 +31,8 @@ import torch
 
 from qkcopy.distributed import Dist
 from qkcopy.qk.bank import BankShard
-from qkcopy.qk.loss import HardNegativeMiner, LossConfig, LossParts, qk_loss, smallest_pairs, squared_distances
+from qkcopy.qk.certify import HeadBound, certifiable, choose_pairs, reference_distances
+from qkcopy.qk.loss import HardNegativeMiner, LossConfig, LossParts, qk_loss, squared_distances
 from qkcopy.qk.mining import BoundedMiner
 
 # (features (C, D), gist256 (C, G)) -> descriptors (C, E): the frozen side's head.
@@ -41,21 +43,33 @@ HeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class StepResult:
     loss: LossParts
     d2_pos: torch.Tensor  # (B,) float32, detached
-    d2_neg: torch.Tensor  # (B·M,) float32, detached, ascending
-    negatives: torch.Tensor | None = None  # (B·M, 2) int64 (batch index, bank row) of the chosen pairs, in order
+    d2_neg: torch.Tensor  # (B·M,) float32, detached, in the order of `negatives`
+    negatives: torch.Tensor | None = None  # (B·M, 2) int64 (batch index, bank row) of the chosen pairs, sorted
 
 
 def mine_hard_negatives(queries: torch.Tensor, head: HeadFn, chunks: Iterable[tuple[int, torch.Tensor]],
                         feature_dim: int, positive_rows: torch.Tensor, n_negatives: int) -> HardNegativeMiner:
-    """Pass the bank once: head over every chunk (no grad), distances to the batch, running top-k."""
+    """Pass the bank once: head over every chunk (no grad), distances to the batch, running candidates.
+
+    For the paper's float32 `Head` each distance carries its rounding bound (`qk.certify`), so the choice made
+    from the candidates is the same on any kernel; for other heads (bf16 copies, the competition variant) the
+    computed distances are taken as they are.
+    """
     if queries.ndim != 2:
         raise ValueError(f"expected queries (B, E), got {tuple(queries.shape)}")
     miner = HardNegativeMiner(n_negatives, positive_rows)
     q = queries.detach().float()  # (B, E) float32
+    bound = HeadBound(head, q.device) if certifiable(head) else None
+    q_norm = q.norm(dim=1)  # (B,)
     with torch.no_grad():
         for offset, rows in chunks:  # rows (C, F)
-            keys = head(rows[:, :feature_dim], rows[:, feature_dim:])  # (C, E)
-            miner.update(squared_distances(q, keys), offset)  # (B, C) float32
+            feat, g = rows[:, :feature_dim], rows[:, feature_dim:]
+            if bound is None:
+                miner.update(squared_distances(q, head(feat, g)), offset)  # (B, C) float32
+                continue
+            keys, key_error, _, _ = bound.keys(feat, g)  # (C, E), (C,)
+            d2 = squared_distances(q, keys)  # (B, C) float32
+            miner.update(d2, offset, bound.pair_error(q_norm, keys, key_error, d2))
     return miner
 
 
@@ -100,9 +114,13 @@ def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadF
     else:
         found_by = mine_hard_negatives(queries, head if mining_head is None else mining_head, bank.chunks(),
                                        bank.feature_dim, positive_rows, k)
-    found = torch.stack([found_by.values.double(), found_by.batch_index.double(), found_by.rows.double()], 1)
-    found = dist.all_gather_cat(found)  # (≤W·K, 3) float64: exact for float32 values and ids below 2**53
-    _, neg_batch, neg_rows = smallest_pairs(found[:, 0], found[:, 1].long(), found[:, 2].long(), k)  # (K,) each
+    found = torch.stack([found_by.values.double(), found_by.errors.double(), found_by.batch_index.double(),
+                         found_by.rows.double()], 1)
+    found = dist.all_gather_cat(found)  # (P, 4) float64: exact for float32 values and ids below 2**53
+    certified = mining_head is None and certifiable(head)
+    reference = _reference(queries, head, bank, dist) if certified else None
+    neg_batch, neg_rows, _ = choose_pairs(found[:, 0], found[:, 1], found[:, 2].long(), found[:, 3].long(), k,
+                                          reference)  # (K,) each, in (batch index, row) order
     selected, inverse = torch.unique(torch.cat([positive_rows, neg_rows]), return_inverse=True)  # (S,), (B+K,)
     own = selected[(selected >= bank.start) & (selected < bank.stop)]  # (S_r,) ascending
     feat, g256 = bank.split(bank.take(own))  # (S_r, D), (S_r, G) float32
@@ -113,3 +131,15 @@ def colearn_loss(queries: torch.Tensor, positive_rows: torch.Tensor, head: HeadF
     batch = queries.shape[0]
     result = pair_loss(queries, keys[inverse[:batch]], neg_batch, keys[inverse[batch:]], cfg)
     return replace(result, negatives=torch.stack([neg_batch, neg_rows], 1))
+
+
+def _reference(queries: torch.Tensor, head: HeadFn, bank: BankShard, dist: Dist):
+    """Reference distances (`qk.certify.reference_distances`) of global pairs, each computed by its row's owner."""
+    def reference(batch_index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        own = (rows >= bank.start) & (rows < bank.stop)  # (U,)
+        c = torch.zeros(rows.numel(), dtype=torch.float64, device=queries.device)
+        if own.any():
+            feat, g = bank.split(bank.take(rows[own]))
+            c[own] = reference_distances(head, feat, g, queries.detach()[batch_index[own]].float())
+        return dist.all_gather_cat(c[None]).sum(0)  # (U,): one owner per pair, zeros elsewhere
+    return reference
