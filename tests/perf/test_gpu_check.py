@@ -28,8 +28,10 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path, capsys):
         assert all(_positive(p[k]) for k in ("fp32_s", "bf16_s", "over_bandwidth_floor", "fp32_over_flop_floor"))
     s = r["steps"]
     assert _positive(s["qk_over_simclr"]) and s["sequence"]["steps"] == 2 and s["embed"]["images"] == 4
+    assert s["sequence"]["equal_to_full_pass"] == 2  # the bounded miner's negatives = the full pass's
     printed = capsys.readouterr().out
     assert "| 1,200 |" in printed and "exact bounded miner" in printed and "bare forward" in printed
+    assert "same negatives as the full pass on 2/2 steps" in printed
 
 
 def test_default_check_is_the_paper_setting_at_1m_and_10m_rows():

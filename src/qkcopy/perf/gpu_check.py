@@ -173,7 +173,8 @@ def format_gpu_check(r: dict) -> str:
               f"| QK, full pass (peak: with the SimCLR steps) | {s['qk_step_s']:.3f} | {s['qk_over_simclr']:.2f} | "
               f"{_mb(s['qk_peak_bytes'])} |",
               f"| QK, exact bounded miner ({q['steps']} steps, {q['full_passes']} full passes, "
-              f"{100 * q['mean_fraction_evaluated']:.2f} % rows/step) | {q['qk_bounded_step_s']:.3f} | "
+              f"{100 * q['mean_fraction_evaluated']:.2f} % rows/step, same negatives as the full pass on "
+              f"{q['equal_to_full_pass']}/{q['steps']} steps) | {q['qk_bounded_step_s']:.3f} | "
               f"{q['qk_bounded_over_simclr']:.2f} | {_mb(s['bounded_peak_bytes'])} |",
               "", f"embedding {s['embed']['images']} JPEGs: {s['embed']['embed_images_per_s']:.0f} img/s through "
               f"embed_paths, {s['embed']['forward_images_per_s']:.0f} img/s bare forward "

@@ -37,7 +37,9 @@ def _batches(parts: Parts, steps: int, seed: int) -> list[tuple[torch.Tensor, to
 
 def bounded_sequence(parts: Parts, device: torch.device, steps: int, seed: int = 1,
                      cfg: LossConfig = LossConfig()) -> dict:
-    """Seconds and rows evaluated per step of the bounded QK step, and seconds of the SimCLR-style step."""
+    """Seconds and rows evaluated per step of the bounded QK step, and seconds of the SimCLR-style step; on
+    every step, untimed, the full pass on the same weights is run too and the steps where both chose the same
+    negatives are counted (`equal_to_full_pass`: all of them, on any device and kernel)."""
     if steps < 1:
         raise ValueError(f"the step sequence needs at least 1 step, got {steps}")
     q, k = parts.q, parts.k
@@ -51,6 +53,11 @@ def bounded_sequence(parts: Parts, device: torch.device, steps: int, seed: int =
         with autocast(device):
             desc = q(pixels, g256)  # (B, E)
         result = colearn_loss(desc.float(), index, k.head, shard, cfg, miner=miner)
+        t0 = time.perf_counter()  # untimed: the full pass on the same weights must choose the same negatives
+        with torch.no_grad():
+            full = colearn_loss(desc.detach().float(), index, k.head, shard, cfg)
+        same.append(bool(torch.equal(full.negatives, result.negatives)))
+        checking.append(time.perf_counter() - t0)
         qk_opt.zero_grad(set_to_none=True)
         result.loss.total.backward()
         qk_opt.step()
@@ -64,18 +71,21 @@ def bounded_sequence(parts: Parts, device: torch.device, steps: int, seed: int =
         simclr_opt.step()
 
     times: dict[str, list[float]] = {"qk": [], "simclr": []}
+    same: list[bool] = []
+    checking: list[float] = []
     for batch in _batches(parts, steps, seed):
         for name, fn in (("qk", qk_step), ("simclr", simclr_step)):
             t0 = time.perf_counter()
             fn(*batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time.perf_counter() - t0 - (checking.pop() if name == "qk" else 0.0))
     fractions = [h.evaluated / h.rows for h in miner.history]
     return dict(steps=steps, qk_bounded_step_s=statistics.fmean(times["qk"]),
                 simclr_step_s=statistics.fmean(times["simclr"]),
                 qk_bounded_over_simclr=sum(times["qk"]) / sum(times["simclr"]),
-                full_passes=sum(h.full for h in miner.history), mean_fraction_evaluated=statistics.fmean(fractions),
+                full_passes=sum(h.full for h in miner.history), equal_to_full_pass=sum(same),
+                mean_fraction_evaluated=statistics.fmean(fractions),
                 cache_bytes=sum(t.numel() * t.element_size() for t in (miner.cache, miner.cache_norm,
                                                                       miner.input_norm, miner.hidden_norm,
                                                                       miner.rounding)),
