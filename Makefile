@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[hashes,dev]'
 	touch $(STAMP)
 
-.PHONY: install demo test
+.PHONY: install demo test test-kernels
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -17,3 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# qk/ and training/ tests under every other kernel setting the machine supports (AVX2, AVX-512, AMX, threads).
+test-kernels: $(STAMP)
+	bash .ci/kernels
