@@ -20,13 +20,12 @@ if TYPE_CHECKING:
     from qkcopy.data.benchmark import Benchmark
     from qkcopy.model.trained import TrainedModels
     from qkcopy.retrieval.calibrate import Threshold
-    from qkcopy.retrieval.embed import Embeddings
+    from qkcopy.model.inference import Embeddings
     from qkcopy.retrieval.index import ReferenceIndex
     from qkcopy.retrieval.metrics import Metrics
     from qkcopy.retrieval.search import CopySearch
 
 Images = str | os.PathLike | Sequence[str | os.PathLike]
-SIDES = ("query", "reference")
 
 
 def _paths(images: Images) -> list[Path]:
@@ -50,14 +49,8 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> TrainedModels:
 def embed(model: TrainedModels, images: Images, side: str = "query", batch_size: int = 64,
           workers: int = 2) -> Embeddings:
     """Descriptors (N, 256) float32 of `images` with Q (side "query") or K (side "reference"); ids are file
-    stems; unreadable files are skipped and listed (`qkcopy.retrieval.embed.embed_paths`)."""
-    from qkcopy.retrieval.embed import embed_paths
-
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    net = model.q if side == "query" else model.k
-    return embed_paths(net, model.gist256, _paths(images), model.cfg.model.input_size, batch_size=batch_size,
-                       workers=workers, device=next(net.parameters()).device, desc=f"{side} images")
+    stems; unreadable files are skipped and listed (`TrainedModels.describe`)."""
+    return model.describe(side, _paths(images), batch_size, workers)
 
 
 def build_index(model: TrainedModels, references: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -94,16 +87,12 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
 
 def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: int = 10) -> Metrics:
     """ISC2021 µAP, recall at precision 0.9 and recall@1 of the model on a benchmark folder (ours or DISC21):
-    Q on its queries, K on its references, exhaustive search (`qkcopy.retrieval.metrics`)."""
+    Q on its queries, K on its references, exhaustive search (`qkcopy.retrieval.evaluation.evaluate_model`)."""
     from qkcopy.data.benchmark import Benchmark, load_benchmark
-    from qkcopy.retrieval.knn import search_predictions
-    from qkcopy.retrieval.metrics import evaluate as isc_metrics
+    from qkcopy.retrieval.evaluation import evaluate_model
 
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark)
-    queries = embed(model, bench.query_paths, "query")
-    refs = embed(model, bench.reference_paths, "reference")
-    return isc_metrics(search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k),
-                       bench.ground_truth)
+    return evaluate_model(model, bench, k).metrics
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, config: str | os.PathLike = "cpu",

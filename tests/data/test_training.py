@@ -15,13 +15,8 @@ def test_originals_and_queries_as_items(tmp_path):
     import torch
     from conftest import draw_images
 
-    from qkcopy.data.training import (
-        TrainImages,
-        gist_input,
-        image_pair,
-        model_input,
-        query_seed,
-    )
+    from qkcopy.data.training import TrainImages, query_seed
+    from qkcopy.data.transforms import gist_input, image_pair, model_input
 
     paths = draw_images(tmp_path, 4, seed=1, size=60)
     items = TrainImages(paths, image_size=32, strength="light", pairs=True)

@@ -6,7 +6,7 @@ import torch
 from conftest import draw_images
 
 from qkcopy.data.images import SkipLog, load_image
-from qkcopy.data.training import gist_input
+from qkcopy.data.transforms import gist_input
 from qkcopy.model.gist import compute_gist
 from qkcopy.model.gist256 import Gist256, fit_gist256, gist_descriptors, unit_gist
 from qkcopy.model.pca import PCA

@@ -12,7 +12,7 @@ from testkit import free_port
 
 from qkcopy.distributed import init
 from qkcopy.model.trained import load_trained
-from qkcopy.retrieval.embed import embed_paths
+from qkcopy.model.inference import embed_paths
 from qkcopy.retrieval.embed_ranks import embed_collection_ranks
 from qkcopy.retrieval.embed_shards import embed_collection
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qkcopy.retrieval.embed_shards import embed_collection, image_ids, read_descriptors, read_meta
-from qkcopy.data.training import image_pair
+from qkcopy.data.transforms import image_pair
 from qkcopy.retrieval.descriptors import read_isc_h5, read_npy
 from qkcopy.data.images import load_image
 from qkcopy.model.trained import load_trained

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from qkcopy.baselines.hashes import HASHES, hash_descriptors
 from qkcopy.data.benchmark import Benchmark, load_benchmark
 from qkcopy.data.images import ImageDataset, SkipLog, collate_skipping
-from qkcopy.data.training import model_input
+from qkcopy.data.transforms import model_input
 from qkcopy.device import resolve_device
 from qkcopy.io import atomic_write_json, git_commit
 from qkcopy.model.backbone import create_backbone, input_normalization

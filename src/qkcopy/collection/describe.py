@@ -1,7 +1,7 @@
 """Describing images for a collection: K for references, Q for queries, in batches, plus their thumbnails.
 
 `Describer` wraps a trained run (qkcopy.model.trained.TrainedModels): `prepare` turns a decoded image into
-the model inputs (qkcopy.data.training.image_pair), `describe` runs a batch of them through one side.
+the model inputs (`TrainedModels.prepare`), `describe` runs a batch of them through one side.
 `add_files` is the bulk path of `qkcopy collection add`: exact re-adds are recognised by content hash before
 anything is embedded, and every chunk is committed (acknowledged) as soon as it is described, so an
 interrupted add keeps what it did and a rerun skips it.
@@ -26,7 +26,6 @@ from tqdm import tqdm
 from qkcopy.collection.collection import Collection
 from qkcopy.collection.records import NewRef
 from qkcopy.data.images import ImageError, SkipLog, load_image
-from qkcopy.data.training import image_pair
 from qkcopy.device import autocast
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class Describer:
         self.device = next(trained.q.parameters()).device
 
     def prepare(self, img: Image.Image) -> Prepared:
-        return Prepared(*image_pair(img, self.trained.cfg.model.input_size))
+        return Prepared(*self.trained.prepare(img))
 
     @torch.no_grad()
     def describe(self, side: str, items: Sequence[Prepared]) -> np.ndarray:

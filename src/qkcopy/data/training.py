@@ -14,12 +14,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from qkcopy.data.augment import make_query
 from qkcopy.data.images import load_image
+from qkcopy.data.transforms import image_pair
 from qkcopy.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -27,37 +26,6 @@ log = logging.getLogger(__name__)
 
 # First part of every derived seed, so that streams for different purposes never coincide.
 QUERY_STREAM, ORDER_STREAM, BANK_STREAM = 1, 2, 3
-GIST_SIZE = 32  # GIST input side of the ISC2021 baseline (`gist_input`)
-
-
-def gist_input(img: Image.Image, size: int = GIST_SIZE) -> torch.Tensor:
-    """PIL image -> (3, size, size) float32 in 0..255: bilinear resize (short side = size), centre crop.
-
-    Long side int(size · long / short) and crop offset round((side − size) / 2), as torchvision's
-    Resize(size) + CenterCrop(size) on a PIL image, which is how the ISC2021 GIST inputs were made.
-    """
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, S, S)
-
-
-def model_input(img: Image.Image, size: int) -> torch.Tensor:
-    """Resize the whole image to size × size (no crop: edits near borders stay visible) → (3, S, S) in [0, 1]."""
-    array = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).div_(255.0)
-
-
-def image_pair(img: Image.Image, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return model_input(img, size), gist_input(img)
-
 
 class TrainImages(torch.utils.data.Dataset):
     """Keyed by (index, seed): seed None → the original image; an int → the query made with that seed.

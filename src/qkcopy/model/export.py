@@ -61,7 +61,7 @@ class ExportReport:
 
 def sample_inputs(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The two model inputs for `paths`, prepared exactly as qkcopy's embedding does."""
-    from qkcopy.data.training import image_pair
+    from qkcopy.data.transforms import image_pair
     from qkcopy.data.images import load_image
     pairs = [image_pair(load_image(p), image_size) for p in paths]
     return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
@@ -108,13 +108,13 @@ def export_models(trained, out: str | Path, formats: Sequence[str] = FORMATS,
                   check_paths: Sequence[Path] = ()) -> ExportReport:
     """Write q/k in each format into `out` (atomically, as a whole folder) with `export.json`.
 
-    `trained` is a `qkcopy.run.TrainedModels`. The parity check runs every exported file on `check_paths`
+    `trained` is a `qkcopy.model.trained.TrainedModels`. The parity check runs every exported file on `check_paths`
     (or on generated inputs when none are given) and records the max abs difference to PyTorch.
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"export formats must be among {FORMATS}, got {list(formats)}")
-    out, size = Path(out), trained.cfg.model.input_size
+    out, size = Path(out), trained.input_size
     inputs = sample_inputs(check_paths, size) if check_paths else _random_inputs(size)
     files, diffs = {}, {}
     with atomic_dir(out) as tmp:

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from qkcopy.data.images import load_image
-from qkcopy.data.training import GIST_SIZE, gist_input
+from qkcopy.data.transforms import GIST_SIZE, gist_input
 
 logger = logging.getLogger(__name__)
 

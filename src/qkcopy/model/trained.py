@@ -9,26 +9,80 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
+from PIL import Image
 
 from qkcopy import checkpoint as ckpt
 from qkcopy.config import TrainConfig, load_config
 from qkcopy.device import resolve_device
+from qkcopy.data.transforms import image_pair
 from qkcopy.errors import CheckpointError
 from qkcopy.model.descriptor import DescriptorModel, build_qk_models, param_fingerprint
 from qkcopy.model.gist256 import Gist256
+from qkcopy.model.inference import Embeddings, embed_paths
 from qkcopy.model.pca import PCA
+
+
+SIDES = ("query", "reference")  # Q describes queries, K references
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModels:
-    """What a finished (or checkpointed) run gives a user: Q for queries, K for references, and gist256."""
+    """What a finished (or checkpointed) run gives a user: Q for queries, K for references, and gist256.
+
+    It owns its inference: `describe` and `prepare` use the run's own input size (`model.test_size` when set),
+    device and side, as timm's `resolve_model_data_config(use_test_size=True)` lets a model carry its input.
+
+    Example:
+        >>> models = load_trained("runs/qk")
+        >>> refs = models.describe("reference", ["a.jpg", "b.jpg"])  # Embeddings: ids, (2, 256) float32
+    """
 
     q: DescriptorModel
     k: DescriptorModel
     gist256: Gist256
     cfg: TrainConfig
     checkpoint: Path
+
+    @property
+    def input_size(self) -> int:
+        """Side S of the model's input at inference (the test size when the config sets one)."""
+        return self.cfg.model.input_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.q.parameters()).device
+
+    def model(self, side: str) -> DescriptorModel:
+        """Q for "query", K for "reference"."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return self.q if side == "query" else self.k
+
+    def prepare(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoded image → (model input (3, S, S), GIST input (3, 32, 32)) at this model's input size."""
+        return image_pair(img, self.input_size)
+
+    def describe(self, side: str, paths: Sequence[str | Path], batch_size: int = 64, workers: int = 2,
+                 desc: str | None = None) -> Embeddings:
+        """Descriptors of image files with Q ("query") or K ("reference").
+
+        Args:
+            side: "query" or "reference".
+            paths: image files; unreadable ones are skipped, named in one warning and listed in `skipped`.
+            batch_size, workers: the loader's batch and worker processes.
+            desc: the progress bar's label (default: the side).
+        Returns:
+            `Embeddings`: ids (file stems, input order), vectors (N, E) float32, skipped paths.
+        Raises:
+            ValueError: an unknown side.
+        """
+        model = self.model(side)
+        return embed_paths(model, self.gist256, [Path(p) for p in paths], self.input_size, batch_size=batch_size,
+                           workers=workers, device=self.device, desc=desc or f"{side} images")
 
     @property
     def fingerprint(self) -> str:

@@ -107,18 +107,16 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: floa
                    nprobes=(8, 16, 32, 64, 128)) -> dict:
     """IVF vs exact recall@10 on real descriptors (kept in `cache`/real-*.npy for reruns); with a threshold,
     also how often IVF returns the exact top-1 of the queries whose exact top-1 is a copy (score >= it)."""
-    from qkcopy.retrieval.embed import embed_paths
     from qkcopy.retrieval.index import default_nlist
 
-    size = trained.cfg.model.input_size
     from qkcopy.io import files_fingerprint
 
     key = files_fingerprint([*ref_paths, *query_paths])  # the model and the exact image sets
     files = [cache / f"real-{side}-{trained.fingerprint}-{key}.npy" for side in ("references", "queries")]
     if not all(f.is_file() for f in files):
-        for f, model, paths, desc in zip(files, (trained.k, trained.q), (ref_paths, query_paths),
-                                         ("references (K)", "queries (Q)")):
-            np.save(f, embed_paths(model, trained.gist256, paths, size, 64, 2, "cpu", desc).vectors)
+        for f, side, paths, desc in zip(files, ("reference", "query"), (ref_paths, query_paths),
+                                        ("references (K)", "queries (Q)")):
+            np.save(f, trained.describe(side, paths, 64, 2, desc).vectors)
     refs, queries = (np.load(f) for f in files)
     flat = faiss.IndexFlatL2(E)
     flat.add(refs)

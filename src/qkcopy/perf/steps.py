@@ -239,7 +239,7 @@ def embedding_throughput(cfg: BenchConfig, parts: Parts, device: torch.device) -
     import numpy as np
 
     from qkcopy.model.gist256 import Gist256
-    from qkcopy.retrieval.embed import embed_paths
+    from qkcopy.model.inference import embed_paths
     from qkcopy.model.pca import PCA
 
     g = torch.Generator().manual_seed(cfg.seed)

@@ -1,6 +1,6 @@
 """`qkcopy demo`: the whole method end to end, offline, in minutes on a laptop CPU.
 
-1. images: drawn photo-like pictures and matplotlib's sample photos (qkcopy.demo_images), or the user's
+1. images: drawn photo-like pictures and matplotlib's sample photos (qkcopy.data.demo_images), or the user's
    folder (`images=`); with too few user photos for training too, training images are drawn ones;
 2. a small benchmark from them (qkcopy.synth.make_benchmark): references, edited-copy and distractor queries,
    disjoint training images;
@@ -28,14 +28,13 @@ from qkcopy.baselines.runner import BaselineOptions, run_baseline
 from qkcopy.data.benchmark import Benchmark
 from qkcopy.config import load_config
 from qkcopy.data.demo_images import generate_demo_images
-from qkcopy.retrieval.embed import embed_paths
+from qkcopy.retrieval.evaluation import evaluate_model
 from qkcopy.data.images import scan_images
-from qkcopy.retrieval.metrics import Metrics, evaluate
+from qkcopy.retrieval.metrics import Metrics
 from qkcopy.retrieval.plots import plot_pr_curves
 from qkcopy.io import atomic_write
 from qkcopy.report.report import format_table, loss_curves, retrieval_sheet, write_report
 from qkcopy.model.trained import load_trained
-from qkcopy.retrieval.knn import search_predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 from qkcopy.training.loop import segment_names, train
 
@@ -133,12 +132,8 @@ def _baseline(method: str, bench: Benchmark, out: Path, opt: DemoOptions, dim: i
 
 def evaluate_checkpoint(checkpoint: Path, bench: Benchmark, workers: int = 2):
     """Q on the queries, K on the references, k = 10 search: (Predictions, Metrics)."""
-    models = load_trained(checkpoint)
-    size = models.cfg.model.input_size
-    queries = embed_paths(models.q, models.gist256, bench.query_paths, size, workers=workers, desc="queries")
-    refs = embed_paths(models.k, models.gist256, bench.reference_paths, size, workers=workers, desc="references")
-    preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=10)
-    return preds, evaluate(preds, bench.ground_truth)
+    result = evaluate_model(load_trained(checkpoint), bench, workers=workers)
+    return result.predictions, result.metrics
 
 
 def _row(label: str, metrics: Metrics, seconds: float) -> dict:

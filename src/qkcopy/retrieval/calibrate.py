@@ -208,12 +208,10 @@ class Calibration:
 def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool = False, beta: float = 1.0,
               n_background: int = 10, max_background: int | None = None, batch_size: int = 64,
               workers: int = 2, rule: str = "lower-bound", heldout=None) -> Calibration:
-    """Evaluate `trained` (a `qkcopy.run.TrainedModels`) on `benchmark` and write the calibration to `out`;
+    """Evaluate `trained` (a `qkcopy.model.trained.TrainedModels`) on `benchmark` and write the calibration to `out`;
     `heldout`: a second benchmark the threshold is checked on (`qkcopy.retrieval.transfer`)."""
-    from qkcopy.retrieval.embed_shards import device_of
-    from qkcopy.retrieval.embed import embed_paths
+    from qkcopy.retrieval.evaluation import evaluate_model
     from qkcopy.retrieval.plots import plot_pr_curves
-    from qkcopy.retrieval.knn import search_predictions
 
     if not benchmark.query_paths or benchmark.ground_truth.n_positives == 0:  # before any embedding
         raise ValueError(f"{benchmark.root}: the ground truth lists {len(benchmark.query_paths)} queries, "
@@ -221,18 +219,8 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                          "query that is a copy of a reference — check its ground-truth CSV")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    size, device = trained.cfg.model.input_size, device_of(trained.q)
-
-    def embed(model, paths, desc):
-        return embed_paths(model, trained.gist256, paths, size, batch_size=batch_size, workers=workers,
-                           device=device, desc=desc)
-
-    queries = embed(trained.q, benchmark.query_paths, "queries")
-    refs = embed(trained.k, benchmark.reference_paths, "references")
-    if not queries.ids or not refs.ids:
-        raise ValueError(f"{benchmark.root}: no readable {'queries' if not queries.ids else 'references'}")
-    preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k)
-    metrics = evaluate(preds, benchmark.ground_truth)
+    result = evaluate_model(trained, benchmark, k, batch_size, workers)
+    queries, refs, preds, metrics = result.queries, result.references, result.predictions, result.metrics
     preds.to_csv(out / "predictions.csv")
     threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root),
                                  rule)
@@ -246,18 +234,17 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                    families_left_out=[asdict(f) for f in families], families=per_family)
     held = None
     if heldout is not None:
-        hq = embed(trained.q, heldout.query_paths, "held-out queries")
-        hr = embed(trained.k, heldout.reference_paths, "held-out references")
-        hpreds = search_predictions(hq.ids, hq.vectors, hr.ids, hr.vectors, k=k)
-        precision, recall, flagged = precision_recall_at_threshold(hpreds, heldout.ground_truth, threshold.score)
+        other = evaluate_model(trained, heldout, k, batch_size, workers)
+        precision, recall, flagged = precision_recall_at_threshold(other.predictions, heldout.ground_truth,
+                                                                   threshold.score)
         held = summary["heldout"] = dict(benchmark=str(heldout.root), precision=precision, recall=recall,
-                                         flagged=flagged, micro_ap=evaluate(hpreds, heldout.ground_truth).micro_ap)
+                                         flagged=flagged, micro_ap=other.metrics.micro_ap)
     normalized = None
     if normalize:
         paths = list(benchmark.train_paths)[:max_background]
         if not paths:
             raise ValueError(f"{benchmark.root} has no training images to use as the normalisation background")
-        background = embed(trained.k, paths, "background")
+        background = trained.describe("reference", paths, batch_size, workers, "background")
         bg_sqdist = background_sqdist(queries.vectors, background.vectors, n_background)
         norm_preds = normalize_scores(preds, queries.ids, bg_sqdist, beta)
         normalized = evaluate(norm_preds, benchmark.ground_truth)

@@ -89,13 +89,11 @@ def copy_pairs(ids: Sequence[str], q: np.ndarray, k: np.ndarray, threshold: floa
 def find_duplicates(trained, paths: Sequence[Path], threshold: float, neighbours: int = 10, batch_size: int = 64,
                     workers: int = 2) -> Dedup:
     """Embed `paths` with Q and K (a `TrainedModels`), then pair and group them."""
-    from qkcopy.retrieval.embed import embed_paths
-    from qkcopy.retrieval.embed_shards import device_of, image_ids
+    from qkcopy.retrieval.embed_shards import image_ids
 
     image_ids(paths)  # ids (stems) must be unique
-    size, device = trained.cfg.model.input_size, device_of(trained.q)
-    q = embed_paths(trained.q, trained.gist256, paths, size, batch_size, workers, device, "Q descriptors")
-    k = embed_paths(trained.k, trained.gist256, paths, size, batch_size, workers, device, "K descriptors")
+    q = trained.describe("query", paths, batch_size, workers, "Q descriptors")
+    k = trained.describe("reference", paths, batch_size, workers, "K descriptors")
     if q.ids != k.ids:
         raise ValueError("the Q and K passes read different images; are the files changing?")
     if len(q.ids) < 2:

@@ -31,7 +31,6 @@ import numpy as np
 from qkcopy.errors import DataError, DescriptorError, read_json
 from qkcopy.io import atomic_path, atomic_write_json
 from qkcopy.retrieval.descriptors import write_isc_h5, write_npy
-from qkcopy.retrieval.embed import embed_paths
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,7 @@ def _read_shard(path: Path, key: str) -> tuple[list[str], np.ndarray, list[str]]
 def embed_shard(trained, side: str, part: Sequence[Path], shard: Path, key: str, batch_size: int,
                 workers: int) -> tuple[list[str], np.ndarray, list[str]]:
     """Embed one shard's images and write it (atomically) to `shard`; its (ids, vectors (n, E), skipped)."""
-    model = getattr(trained, SIDES[side])
-    emb = embed_paths(model, trained.gist256, part, trained.cfg.model.input_size, batch_size=batch_size,
-                      workers=workers, device=device_of(model), desc=f"{side} {shard.name}")
+    emb = trained.describe(side, part, batch_size, workers, f"{side} {shard.name}")
     vectors = emb.vectors.reshape(-1, trained.cfg.model.descriptor_dim) if len(emb.ids) == 0 else emb.vectors
     _write_shard(shard, key, emb.ids, vectors, emb.skipped)
     return emb.ids, vectors, emb.skipped
@@ -131,7 +128,7 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
                      workers: int = 2, shard_size: int = 10_000, keep_shards: bool = False) -> Collection:
     """Descriptors of `paths` with `trained.q` (side "query") or `trained.k` (side "reference").
 
-    `trained` is a `qkcopy.run.TrainedModels`. Shards are removed after the merge unless `keep_shards`.
+    `trained` is a `qkcopy.model.trained.TrainedModels`. Shards are removed after the merge unless `keep_shards`.
     """
     paths, shard_dir, n_shards = plan_shards(paths, side, out, shard_size)
     size, fingerprint = trained.cfg.model.input_size, trained.fingerprint

@@ -245,11 +245,10 @@ def index_collection(trained, out: str | Path, references: str | Path | None = N
 
     A descriptor file without its `.meta.json` is refused unless `allow_missing_meta` (see `read_descriptors`).
 
-    A folder is embedded with the K model of `trained` (a `qkcopy.run.TrainedModels`) in one pass; for large
+    A folder is embedded with the K model of `trained` (a `qkcopy.model.trained.TrainedModels`) in one pass; for large
     folders run `embed_collection(side="reference")` first (resumable) and pass its file as `descriptors`.
     """
-    from qkcopy.retrieval.embed_shards import device_of, image_ids, read_descriptors
-    from qkcopy.retrieval.embed import embed_paths
+    from qkcopy.retrieval.embed_shards import image_ids, read_descriptors
     from qkcopy.data.images import scan_images
 
     if (references is None) == (descriptors is None):
@@ -268,8 +267,7 @@ def index_collection(trained, out: str | Path, references: str | Path | None = N
     else:
         paths = scan_images(references)
         image_ids(paths)
-        emb = embed_paths(trained.k, trained.gist256, paths, trained.cfg.model.input_size, batch_size=batch_size,
-                          workers=workers, device=device_of(trained.k), desc="references")
+        emb = trained.describe("reference", paths, batch_size, workers, "references")
         if not emb.ids:
             raise ValueError(f"none of the {len(paths)} images under {references} could be read")
         ids, vectors = emb.ids, emb.vectors

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from qkcopy.errors import DataError, ThresholdError
 from qkcopy.retrieval.calibrate import Threshold, check_score_threshold
-from qkcopy.retrieval.embed_shards import device_of, image_ids
-from qkcopy.retrieval.embed import embed_paths
+from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.io import atomic_path, atomic_write_json
 
@@ -68,7 +67,7 @@ class CopySearch:
 def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 10,
                 threshold: Threshold | float | None = None, nprobe: int | None = None, batch_size: int = 64,
                 workers: int = 2) -> CopySearch:
-    """Search each image among the index's references; `trained` is a `qkcopy.run.TrainedModels`."""
+    """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`."""
     index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
     if isinstance(threshold, Threshold):
         if threshold.fingerprint != trained.fingerprint:
@@ -84,8 +83,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     if not paths:
         raise ValueError("no query images given")
     image_ids(paths)
-    emb = embed_paths(trained.q, trained.gist256, paths, trained.cfg.model.input_size, batch_size=batch_size,
-                      workers=workers, device=device_of(trained.q), desc="queries")
+    emb = trained.describe("query", paths, batch_size, workers, "queries")
     if not emb.ids:
         raise DataError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}",
                         emb.skipped[0])

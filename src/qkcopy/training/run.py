@@ -35,9 +35,8 @@ from qkcopy.model.backbone import feature_dim
 from qkcopy.model.descriptor import DescriptorModel, build_qk_models
 from qkcopy.model.gist256 import Gist256, fit_gist256
 from qkcopy.model.pca import PCA
-from qkcopy.retrieval.embed import embed_paths
-from qkcopy.retrieval.knn import search_predictions
-from qkcopy.retrieval.metrics import evaluate
+from qkcopy.model.trained import TrainedModels
+from qkcopy.retrieval.evaluation import evaluate_model
 from qkcopy.training.methods import KeyQueue, Method, get_method
 
 log = logging.getLogger(__name__)
@@ -209,6 +208,10 @@ class Run:
     def feature_dim(self) -> int:
         return feature_dim(self.q.backbone)
 
+    def models(self) -> TrainedModels:
+        """The run's Q, K and gist256 as a user's `TrainedModels` (they describe images the same way)."""
+        return TrainedModels(self.q, self.k, self.gist256, self.cfg, self.latest)
+
     @property
     def gist_dim(self) -> int:
         return self.cfg.model.descriptor_dim
@@ -254,11 +257,7 @@ class Run:
 
 def evaluate_run(run: Run, benchmark, segment: str) -> dict:
     """Q on the benchmark's queries, K on its references, exhaustive L2 search, ISC2021 metrics."""
-    size, device = run.cfg.model.input_size, run.device
-    queries = embed_paths(run.q, run.gist256, benchmark.query_paths, size, device=device, desc="queries")
-    refs = embed_paths(run.k, run.gist256, benchmark.reference_paths, size, device=device, desc="references")
-    metrics = evaluate(search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=10),
-                       benchmark.ground_truth)
+    metrics = evaluate_model(run.models(), benchmark).metrics
     row = dict(method=run.cfg.method, segment=segment, **metrics.as_dict())
     with open(run.dir / "evaluations.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

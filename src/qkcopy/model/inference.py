@@ -1,6 +1,10 @@
-"""Bulk embedding: a descriptor model over a list of images, batched, multi-worker, bad files skipped.
+"""A descriptor model's inference over image files: batched, multi-worker, bad files skipped.
 
-Letters: N images, B batch, E descriptor dim.
+Letters: N images, B batch, S input size, E descriptor dim.
+
+`embed_paths` is the one embedding loop (a bare model and an input size: benchmarks of raw backbones call it).
+A trained run describes its images through `TrainedModels.describe`, which knows its own input size, device
+and sides: no caller passes a bare size.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qkcopy.data.training import image_pair
-from qkcopy.model.gist256 import Gist256
 from qkcopy.data.images import ImageDataset, SkipLog, collate_skipping
+from qkcopy.data.transforms import image_pair
 from qkcopy.device import autocast
+from qkcopy.model.gist256 import Gist256
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ import torch
 
 from conftest import draw_images
 from qkcopy.data.images import load_image
-from qkcopy.data.training import image_pair
+from qkcopy.data.transforms import image_pair
 from qkcopy.model.trained import load_trained
-from qkcopy.retrieval.embed import embed_paths
+from qkcopy.model.inference import embed_paths
 
 
 def test_batches_and_workers_do_not_change_the_descriptors(tiny_run, tmp_path, one_thread):
