@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from qkcopy.data.benchmark import Benchmark
     from qkcopy.model.trained import TrainedModels
-    from qkcopy.retrieval.calibrate import Threshold
+    from qkcopy.retrieval.threshold import Threshold
     from qkcopy.model.inference import Embeddings
     from qkcopy.retrieval.index import ReferenceIndex
     from qkcopy.retrieval.metrics import Metrics
@@ -73,7 +73,7 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
            workers: int = 2) -> CopySearch:
     """The k nearest references of each image (embedded with Q), each pair labelled copy / not a copy when a
     threshold is given: a number, or the threshold.json of `qkcopy eval` (`qkcopy.retrieval.search`)."""
-    from qkcopy.retrieval.calibrate import load_threshold
+    from qkcopy.retrieval.threshold import load_threshold
     from qkcopy.retrieval.index import ReferenceIndex
     from qkcopy.retrieval.search import find_copies
 

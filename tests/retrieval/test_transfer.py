@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.calibrate import choose_threshold
+from qkcopy.retrieval.threshold import choose_threshold, conservative_threshold, precision_lower_bound
 from qkcopy.retrieval.metrics import evaluate
-from qkcopy.retrieval.transfer import (conservative_threshold, family_transfer, pooled, precision_lower_bound)
+from qkcopy.retrieval.transfer import family_transfer, pooled
 
 
 def _preds(rows):

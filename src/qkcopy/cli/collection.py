@@ -100,7 +100,7 @@ def _add_images(coll, args) -> None:
 def _create(args) -> int:
     from qkcopy.collection import Collection
     from qkcopy.model.trained import load_trained
-    from qkcopy.retrieval.calibrate import load_threshold
+    from qkcopy.retrieval.threshold import load_threshold
 
     trained = load_trained(args.model, args.device)
     if (args.collection / "collection.db").exists():

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkcopy.data.images import scan_images
     from qkcopy.model.trained import load_trained
-    from qkcopy.retrieval.calibrate import Threshold, load_threshold
+    from qkcopy.retrieval.threshold import load_threshold, threshold_score
     from qkcopy.retrieval.dedup import (
         evaluate,
         find_duplicates,
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     paths = [p for folder in args.folders for p in scan_images(folder)]
     trained = load_trained(args.model, args.device)
     threshold = load_threshold(args.threshold, trained.fingerprint)
-    score = threshold.score if isinstance(threshold, Threshold) else threshold
-    result = find_duplicates(trained, paths, score, args.k, args.batch, args.workers)
+    score = threshold_score(threshold)
+    result = find_duplicates(trained, paths, threshold, args.k, args.batch, args.workers)
     scores = evaluate(result, read_ground_truth(args.ground_truth, result.ids)) if args.ground_truth else None
     write_report(result, args.out, scores)
     print(f"{len(result.ids)} images ({len(result.skipped)} unreadable): {len(result.pairs)} copy pairs in "

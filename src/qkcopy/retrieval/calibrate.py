@@ -30,141 +30,21 @@ Letters: Nq queries, Nb background images, E descriptor dim, P predictions.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from qkcopy.data.isc_csv import GroundTruth, Predictions
+from qkcopy.data.isc_csv import Predictions
 
-from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
+from qkcopy.retrieval.metrics import Metrics, evaluate, precision_recall_at_threshold
 from qkcopy.retrieval.per_family import per_family_metrics, query_families
-from qkcopy.retrieval.transfer import (conservative_threshold, family_transfer, pooled, precision_lower_bound,
-                                      quiet_metrics)
-from qkcopy.errors import ThresholdError, read_json
+from qkcopy.retrieval.threshold import Threshold, choose_threshold, save_threshold
+from qkcopy.retrieval.transfer import family_transfer, pooled, quiet_metrics
 from qkcopy.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-THRESHOLD_FORMAT = "qkcopy-threshold/1"
-RULES = ("lower-bound", "point")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    score: float  # pairs with score >= this are called copies
-    precision: float  # achieved on the calibration benchmark at this threshold
-    recall: float
-    target_precision: float
-    target_met: bool  # False: precision target never reached, `score` gives the best precision seen
-    fingerprint: str  # the model it was calibrated for
-    k: int  # neighbours per query in the calibration search
-    benchmark: str
-    rule: str = "point"  # point: precision reaches the target; lower-bound: its 95 % lower bound does
-    precision_lower: float = 0.0  # one-sided 95 % Clopper–Pearson lower bound of `precision`
-    unfamiliar_precision: float | None = None  # pooled, each edit family left out of calibration in turn
-
-
-def choose_threshold(metrics: Metrics, preds: Predictions, gt: GroundTruth, fingerprint: str, k: int,
-                     benchmark: str, rule: str = "lower-bound") -> Threshold:
-    """The score threshold at precision 0.9 — where precision reaches it (rule "point") or its 95 % lower
-    bound does ("lower-bound", falling back to "point" when no cut-off qualifies) — or, when 0.9 is never
-    reached, the threshold of the best precision, with what it achieves."""
-    if rule not in RULES:
-        raise ValueError(f"unknown calibration rule {rule!r}; expected one of {list(RULES)}")
-    bound = conservative_threshold(metrics) if rule == "lower-bound" else None
-    if bound is not None:
-        score, met = bound, True
-    elif metrics.threshold_at_p90 is not None:
-        score, met, rule = metrics.threshold_at_p90, True, "point"
-    else:
-        # best precision, then highest recall; only cut-offs that keep at least one true pair
-        useful = metrics.recall > 0
-        if not useful.any():
-            raise ValueError("no true copy is found in the top-k of any query: the model cannot be calibrated "
-                             "on this benchmark")
-        order = np.lexsort((-metrics.recall, -np.where(useful, metrics.precision, -1.0)))
-        score, met = float(metrics.thresholds[order[0]]), False
-        log.warning("precision %.2f is never reached on %s; saving the threshold of the best precision seen",
-                    TARGET_PRECISION, benchmark)
-    precision, recall, flagged = precision_recall_at_threshold(preds, gt, score)
-    lower = float(precision_lower_bound(round(precision * flagged), flagged))
-    return Threshold(float(score), precision, recall, TARGET_PRECISION, met, fingerprint, k, benchmark, rule, lower)
-
-
-def save_threshold(threshold: Threshold, path: str | Path) -> Path:
-    return atomic_write_json(path, {"format": THRESHOLD_FORMAT, **asdict(threshold)})
-
-
-def check_score_threshold(score: float, where: str = "threshold") -> float:
-    """A usable copy threshold: finite and <= 0, since scores are −squared L2 (a higher one labels no pair)."""
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
-        raise ThresholdError(f"{where}: the score threshold must be a number, got {score!r}", where)
-    if not math.isfinite(score):
-        raise ThresholdError(f"{where}: the score threshold is {score}; it must be a finite number (scores are "
-                             "−squared L2 distances, <= 0)", where)
-    if score > 0:
-        raise ThresholdError(f"{where}: the score threshold {score:g} is above 0, the highest possible score "
-                             "(scores are −squared L2 distances), so no pair could be called a copy; give a "
-                             "value <= 0 such as -0.5, or a threshold.json from `qkcopy eval`", where)
-    return float(score)
-
-
-def load_threshold(spec: str | Path | float, fingerprint: str | None = None) -> Threshold | float:
-    """A threshold.json (checked against the model's fingerprint) or a plain number given by the user."""
-    if isinstance(spec, (int, float)):
-        return check_score_threshold(spec, f"threshold {spec!r}")
-    try:
-        value = float(str(spec))
-    except ValueError:
-        pass
-    else:
-        return check_score_threshold(value, f"threshold {spec!r}")
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "threshold.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"threshold {spec!r} is neither a number nor a threshold.json file "
-                                "(write one with `qkcopy eval`)")
-    data = read_json(path, ThresholdError, "threshold file")
-    if not isinstance(data, dict) or data.pop("format", None) != THRESHOLD_FORMAT:
-        raise ThresholdError(f"{path} is not a qkcopy threshold file (no \"format\": \"{THRESHOLD_FORMAT}\"); "
-                             "write one with `qkcopy eval`", path)
-    threshold = _threshold_from(data, path)
-    if fingerprint is not None and threshold.fingerprint != fingerprint:
-        raise ThresholdError(f"{path} was calibrated for model {threshold.fingerprint}, not {fingerprint}; "
-                             "scores of different models are not comparable — run `qkcopy eval` with this model",
-                             path)
-    return threshold
-
-
-def _threshold_from(data: dict, path: Path) -> Threshold:
-    """Every key of `Threshold`, each of its type, nothing else; the score checked like a user's value."""
-    names = [f.name for f in fields(Threshold)]
-    optional = {"rule", "precision_lower", "unfamiliar_precision"}  # absent from files of earlier versions
-    missing, extra = [n for n in names if n not in data and n not in optional], sorted(set(data) - set(names))
-    if missing or extra:
-        raise ThresholdError(f"{path}: " + "; ".join(
-            ([f"missing key(s) {', '.join(missing)}"] if missing else []) +
-            ([f"unknown key(s) {', '.join(extra)}"] if extra else [])) +
-            " — write it again with `qkcopy eval`", path)
-    kinds = dict(score=float, precision=float, recall=float, target_precision=float, target_met=bool,
-                 fingerprint=str, k=int, benchmark=str, rule=str, precision_lower=float, unfamiliar_precision=float)
-    for name, kind in kinds.items():
-        if name not in data or (name == "unfamiliar_precision" and data[name] is None):
-            continue
-        value = data[name]
-        ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
-            isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-        if not ok:
-            raise ThresholdError(f"{path}: key {name} must be {kind.__name__}, got {value!r}", path)
-    if data.get("rule", "point") not in RULES:
-        raise ThresholdError(f"{path}: key rule must be one of {list(RULES)}, got {data['rule']!r}", path)
-    check_score_threshold(data["score"], f"{path} (key score)")
-    return Threshold(**{**data, "score": float(data["score"])})
-
 
 def background_sqdist(queries: np.ndarray, background: np.ndarray, n: int = 10) -> np.ndarray:
     """d² from each query to its n-th nearest background descriptor (n clipped to Nb). (Nq,) float32."""

@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from qkcopy.io import atomic_path, atomic_write, atomic_write_json
+from qkcopy.retrieval.threshold import Threshold, is_copy, threshold_score
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def pairs_within(groups: Iterable[Sequence[str]]) -> set[Pair]:
     return {(a, b) for g in groups for i, a in enumerate(sorted(g)) for b in sorted(g)[i + 1:]}
 
 
-def copy_pairs(ids: Sequence[str], q: np.ndarray, k: np.ndarray, threshold: float, neighbours: int = 10) -> dict[Pair, float]:
+def copy_pairs(ids: Sequence[str], q: np.ndarray, k: np.ndarray, threshold: Threshold | float,
+               neighbours: int = 10) -> dict[Pair, float]:
     """Pairs scoring >= threshold among each image's `neighbours` nearest: {(a, b): best score of both ways}."""
     if q.shape != k.shape or q.ndim != 2 or q.dtype != np.float32 or len(ids) != len(q):
         raise ValueError(f"q and k must be float32 (N, E) with N = {len(ids)} ids, got {q.shape}, {k.shape}")
@@ -79,15 +81,15 @@ def copy_pairs(ids: Sequence[str], q: np.ndarray, k: np.ndarray, threshold: floa
     for i, (d_row, r_row) in enumerate(zip(sqdist, rows)):
         for d, j in zip(d_row.tolist(), r_row.tolist()):
             score = -max(d, 0.0)
-            if j < 0 or j == i or score < threshold:
+            if j < 0 or j == i or not is_copy(score, threshold):
                 continue
             key = (ids[i], ids[j]) if ids[i] < ids[j] else (ids[j], ids[i])
             pairs[key] = max(score, pairs.get(key, -np.inf))
     return pairs
 
 
-def find_duplicates(trained, paths: Sequence[Path], threshold: float, neighbours: int = 10, batch_size: int = 64,
-                    workers: int = 2) -> Dedup:
+def find_duplicates(trained, paths: Sequence[Path], threshold: Threshold | float, neighbours: int = 10,
+                    batch_size: int = 64, workers: int = 2) -> Dedup:
     """Embed `paths` with Q and K (a `TrainedModels`), then pair and group them."""
     from qkcopy.retrieval.embed_shards import image_ids
 
@@ -100,7 +102,8 @@ def find_duplicates(trained, paths: Sequence[Path], threshold: float, neighbours
         raise ValueError(f"need at least two readable images, got {len(q.ids)}")
     pairs = copy_pairs(q.ids, q.vectors, k.vectors, threshold, neighbours)
     by_id = {Path(p).stem: Path(p) for p in paths}
-    return Dedup(q.ids, {i: by_id[i] for i in q.ids}, pairs, groups_of(q.ids, pairs), threshold, q.skipped)
+    return Dedup(q.ids, {i: by_id[i] for i in q.ids}, pairs, groups_of(q.ids, pairs), threshold_score(threshold),
+                 q.skipped)
 
 
 def read_ground_truth(path: str | Path, ids: Sequence[str]) -> list[list[str]]:

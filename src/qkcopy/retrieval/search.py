@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qkcopy.errors import DataError, ThresholdError
-from qkcopy.retrieval.calibrate import Threshold, check_score_threshold
+from qkcopy.retrieval.threshold import Threshold, is_copy, threshold_score
 from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.io import atomic_path, atomic_write_json
@@ -76,9 +76,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
         if not threshold.target_met:
             log.warning("this threshold did not reach precision %.2f on its benchmark (it had %.3f)",
                         threshold.target_precision, threshold.precision)
-        threshold = threshold.score
-    if threshold is not None:
-        threshold = check_score_threshold(threshold)
+    threshold = threshold_score(threshold)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no query images given")
@@ -94,7 +92,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
             if r < 0:  # IVF with too few probed cells: fewer than k neighbours
                 continue
             score = -float(d)
-            matches.append(Match(qid, index.ids[r], score, None if threshold is None else score >= threshold))
+            matches.append(Match(qid, index.ids[r], score, is_copy(score, threshold)))
     return CopySearch(matches, emb.ids, emb.skipped, threshold)
 
 

@@ -4,10 +4,9 @@ A threshold picked where precision first reaches 0.9 on one benchmark is tuned t
 a few hundred pairs its precision is itself uncertain, and copies made with other edits score differently.
 Three measures, all from the calibration's own predictions or one more benchmark:
 
-* **Confidence bound.** `conservative_threshold` picks the lowest score at which the one-sided Clopper–Pearson
-  lower bound (95 %) of precision is still at the target: the threshold `qkcopy eval` saves by default
-  (`--calibration point` keeps the plain cut-off). With n flagged pairs, tp of them true, the bound is the
-  0.05 quantile of Beta(tp, n − tp + 1).
+* **Confidence bound.** `qkcopy.retrieval.threshold.conservative_threshold`: the lowest score at which the
+  one-sided Clopper–Pearson lower bound (95 %) of precision is still at the target, the threshold `qkcopy eval`
+  saves by default (`--calibration point` keeps the plain cut-off).
 * **Leave one edit family out** (`family_transfer`, benchmarks built by `qkcopy make-benchmark`): for each edit
   family f, the threshold is calibrated on the queries without f and applied to the queries with f — the
   precision a user can expect on a kind of edit the calibration never saw, measured, pooled over families.
@@ -23,39 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta as beta_dist
+
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, evaluate, precision_recall_at_threshold
-
-CONFIDENCE = 0.95
-
-
-def precision_lower_bound(tp: np.ndarray | int, flagged: np.ndarray | int, confidence: float = CONFIDENCE) -> np.ndarray:
-    """One-sided Clopper–Pearson lower bound of precision tp / flagged (0 where tp is 0)."""
-    tp, flagged = np.asarray(tp, dtype=np.float64), np.asarray(flagged, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        bound = beta_dist.ppf(1.0 - confidence, tp, flagged - tp + 1.0)
-    return np.where(tp > 0, np.nan_to_num(bound, nan=0.0), 0.0)
-
-
-def conservative_threshold(metrics: Metrics, target: float = TARGET_PRECISION,
-                           confidence: float = CONFIDENCE) -> float | None:
-    """The lowest score whose cut-off keeps the precision's lower confidence bound at `target` or above; None
-    when no cut-off does. Cut-offs inside a run of tied scores are skipped: a threshold keeps all of a tie."""
-    n = np.arange(1, len(metrics.precision) + 1)
-    tp = np.rint(metrics.precision * n)
-    ok = precision_lower_bound(tp, n, confidence) >= target
-    s = metrics.thresholds
-    ok[:-1] &= s[1:] < s[:-1]  # the last prediction of its score
-    if not ok.any():
-        return None
-    return float(s[np.flatnonzero(ok)[-1]])
-
-
-def point_threshold(metrics: Metrics) -> float | None:
-    return metrics.threshold_at_p90
-
+from qkcopy.retrieval.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.retrieval.threshold import conservative_threshold, point_threshold
 
 @dataclass(frozen=True)
 class FamilyTransfer:
