@@ -15,6 +15,7 @@ STAGES = [
     {"config", "config_rules"},
     {"model"},
     {"qk"},
+    {"evaluation"},
     {"retrieval"},
     {"training", "baselines"},
     {"collection", "report", "perf"},

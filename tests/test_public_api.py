@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import qkcopy
-from qkcopy.retrieval.threshold import Threshold, save_threshold
+from qkcopy.evaluation.threshold import Threshold, save_threshold
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

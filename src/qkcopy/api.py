@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from qkcopy.data.benchmark import Benchmark
     from qkcopy.model.trained import TrainedModels
-    from qkcopy.retrieval.threshold import Threshold
+    from qkcopy.evaluation.threshold import Threshold
     from qkcopy.model.inference import Embeddings
     from qkcopy.retrieval.index import ReferenceIndex
-    from qkcopy.retrieval.metrics import Metrics
+    from qkcopy.evaluation.metrics import Metrics
     from qkcopy.retrieval.search import CopySearch
 
 Images = str | os.PathLike | Sequence[str | os.PathLike]
@@ -73,7 +73,7 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
            workers: int = 2) -> CopySearch:
     """The k nearest references of each image (embedded with Q), each pair labelled copy / not a copy when a
     threshold is given: a number, or the threshold.json of `qkcopy eval` (`qkcopy.retrieval.search`)."""
-    from qkcopy.retrieval.threshold import load_threshold
+    from qkcopy.evaluation.threshold import load_threshold
     from qkcopy.retrieval.index import ReferenceIndex
     from qkcopy.retrieval.search import find_copies
 
@@ -87,9 +87,9 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
 
 def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: int = 10) -> Metrics:
     """ISC2021 µAP, recall at precision 0.9 and recall@1 of the model on a benchmark folder (ours or DISC21):
-    Q on its queries, K on its references, exhaustive search (`qkcopy.retrieval.evaluation.evaluate_model`)."""
+    Q on its queries, K on its references, exhaustive search (`qkcopy.evaluation.model_eval.evaluate_model`)."""
     from qkcopy.data.benchmark import Benchmark, load_benchmark
-    from qkcopy.retrieval.evaluation import evaluate_model
+    from qkcopy.evaluation.model_eval import evaluate_model
 
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark)
     return evaluate_model(model, bench, k).metrics

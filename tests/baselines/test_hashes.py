@@ -7,7 +7,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from photo_pool import make_photos
 from qkcopy.baselines.hashes import HASH_DIMS, HASHES, hamming, hash_descriptors, pdq_bits, phash_bits, tiny_vector
-from qkcopy.retrieval.knn import knn_search
+from qkcopy.evaluation.knn import knn_search
 
 
 @pytest.fixture(scope="module")

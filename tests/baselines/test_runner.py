@@ -10,10 +10,10 @@ from qkcopy.data.benchmark import load_benchmark
 from qkcopy.cli import main
 from qkcopy.retrieval.descriptors import read_isc_h5
 from qkcopy.data.images import SkipLog
-from qkcopy.retrieval.metrics import evaluate
+from qkcopy.evaluation.metrics import evaluate
 from qkcopy.model.pca import PCA
-from qkcopy.retrieval.plots import plot_pr_curves
-from qkcopy.retrieval.knn import search_predictions
+from qkcopy.evaluation.plots import plot_pr_curves
+from qkcopy.evaluation.knn import search_predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 
 SMALL_PCA = BaselineOptions(pca_dim=16)

@@ -14,7 +14,7 @@ from qkcopy.config import load_config, to_dict
 from qkcopy.data.images import ImageError, load_image
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.errors import ConfigError
-from qkcopy.retrieval.metrics import evaluate
+from qkcopy.evaluation.metrics import evaluate
 
 FAST = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

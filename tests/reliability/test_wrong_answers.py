@@ -11,7 +11,7 @@ from testkit import FAST, refused
 from qkcopy.cli import main
 from qkcopy.errors import DescriptorError, ThresholdError
 from qkcopy.model.trained import load_trained
-from qkcopy.retrieval.threshold import load_threshold
+from qkcopy.evaluation.threshold import load_threshold
 from qkcopy.retrieval.descriptors import write_npy
 from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.retrieval.search import find_copies

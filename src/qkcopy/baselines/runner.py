@@ -43,11 +43,11 @@ from qkcopy.io import atomic_write_json, git_commit
 from qkcopy.model.backbone import create_backbone, input_normalization
 from qkcopy.model.gist256 import fit_gist256, gist_descriptors
 from qkcopy.model.pca import PCA
-from qkcopy.retrieval.plots import plot_pr_curves
+from qkcopy.evaluation.plots import plot_pr_curves
 from qkcopy.retrieval.descriptors import write_isc_h5
-from qkcopy.retrieval.knn import search_predictions
+from qkcopy.evaluation.knn import search_predictions
 from qkcopy.data.isc_csv import Predictions
-from qkcopy.retrieval.metrics import Metrics, evaluate
+from qkcopy.evaluation.metrics import Metrics, evaluate
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ def _add_images(coll, args) -> None:
 def _create(args) -> int:
     from qkcopy.collection import Collection
     from qkcopy.model.trained import load_trained
-    from qkcopy.retrieval.threshold import load_threshold
+    from qkcopy.evaluation.threshold import load_threshold
 
     trained = load_trained(args.model, args.device)
     if (args.collection / "collection.db").exists():
@@ -108,7 +108,7 @@ def _create(args) -> int:
     threshold = load_threshold(args.threshold, trained.fingerprint) if args.threshold else None
     if args.calibrate:
         from qkcopy.data.benchmark import load_benchmark
-        from qkcopy.retrieval.calibrate import calibrate
+        from qkcopy.evaluation.calibrate import calibrate
 
         cal = calibrate(trained, load_benchmark(args.calibrate), args.collection / "calibration", workers=0)
         threshold = cal.threshold

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkcopy.data.images import scan_images
     from qkcopy.model.trained import load_trained
-    from qkcopy.retrieval.threshold import load_threshold, threshold_score
+    from qkcopy.evaluation.threshold import load_threshold, threshold_score
     from qkcopy.retrieval.dedup import (
         evaluate,
         find_duplicates,

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkcopy.data.benchmark import load_benchmark
-    from qkcopy.retrieval.calibrate import calibrate
+    from qkcopy.evaluation.calibrate import calibrate
     from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, args.device, args.test_size)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_transfer(cal) -> None:
     """What precision to expect on copies unlike the calibration's: each edit family left out in turn, and the
     held-out benchmark when one was given."""
-    from qkcopy.retrieval.transfer import pooled
+    from qkcopy.evaluation.transfer import pooled
 
     if cal.per_family:
         print("per edit family:  " + "  ".join(f"{f} {v['micro_ap']:.3f}" for f, v in cal.per_family.items())

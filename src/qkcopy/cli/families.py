@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.data.benchmark import load_benchmark
     from qkcopy.data.isc_csv import Predictions
     from qkcopy.io import atomic_write
-    from qkcopy.retrieval.per_family import family_table, per_family_metrics, query_families
+    from qkcopy.evaluation.per_family import family_table, per_family_metrics, query_families
 
     from qkcopy.data.families import FAMILIES
 

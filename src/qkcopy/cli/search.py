@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.retrieval.threshold import load_threshold
+    from qkcopy.evaluation.threshold import load_threshold
     from qkcopy.retrieval.search import check_results_path, find_copies, write_matches
     from qkcopy.data.images import scan_images
     from qkcopy.retrieval.index import ReferenceIndex

@@ -26,7 +26,7 @@ import numpy as np
 from qkcopy.collection.cache import IndexCache, StaleCache
 from qkcopy.collection.records import Added, NewRef, Ref
 from qkcopy.collection.store import DB_NAME, Store
-from qkcopy.retrieval.threshold import Threshold
+from qkcopy.evaluation.threshold import Threshold
 from qkcopy.retrieval.index import INDEX_TYPES, FingerprintMismatch
 
 log = logging.getLogger(__name__)

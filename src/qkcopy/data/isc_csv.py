@@ -1,7 +1,7 @@
 """The ISC2021 CSV files: ground truth (`query_id,reference_id`) and predictions (`query_id,reference_id,score`).
 
 Letters: P predictions. Both types validate on construction (string ids, finite scores, each query listed
-once in the ground truth) and write atomically; `qkcopy.retrieval.metrics` scores one against the other.
+once in the ground truth) and write atomically; `qkcopy.evaluation.metrics` scores one against the other.
 """
 
 from __future__ import annotations

@@ -28,10 +28,10 @@ from qkcopy.baselines.runner import BaselineOptions, run_baseline
 from qkcopy.data.benchmark import Benchmark
 from qkcopy.config import load_config
 from qkcopy.data.demo_images import generate_demo_images
-from qkcopy.retrieval.evaluation import evaluate_model
+from qkcopy.evaluation.model_eval import evaluate_model
 from qkcopy.data.images import scan_images
-from qkcopy.retrieval.metrics import Metrics
-from qkcopy.retrieval.plots import plot_pr_curves
+from qkcopy.evaluation.metrics import Metrics
+from qkcopy.evaluation.plots import plot_pr_curves
 from qkcopy.io import atomic_write
 from qkcopy.report.report import format_table, loss_curves, retrieval_sheet, write_report
 from qkcopy.model.trained import load_trained

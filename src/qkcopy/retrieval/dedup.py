@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from qkcopy.io import atomic_path, atomic_write, atomic_write_json
-from qkcopy.retrieval.threshold import Threshold, is_copy, threshold_score
+from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
 
 log = logging.getLogger(__name__)
 

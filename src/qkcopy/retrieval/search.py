@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qkcopy.errors import DataError, ThresholdError
-from qkcopy.retrieval.threshold import Threshold, is_copy, threshold_score
+from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
 from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.io import atomic_path, atomic_write_json

@@ -36,7 +36,7 @@ from qkcopy.model.descriptor import DescriptorModel, build_qk_models
 from qkcopy.model.gist256 import Gist256, fit_gist256
 from qkcopy.model.pca import PCA
 from qkcopy.model.trained import TrainedModels
-from qkcopy.retrieval.evaluation import evaluate_model
+from qkcopy.evaluation.model_eval import evaluate_model
 from qkcopy.training.methods import KeyQueue, Method, get_method
 
 log = logging.getLogger(__name__)

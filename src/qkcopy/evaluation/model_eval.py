@@ -13,8 +13,8 @@ from qkcopy.data.benchmark import Benchmark
 from qkcopy.data.isc_csv import Predictions
 from qkcopy.model.inference import Embeddings
 from qkcopy.model.trained import TrainedModels
-from qkcopy.retrieval.knn import search_predictions
-from qkcopy.retrieval.metrics import Metrics, evaluate
+from qkcopy.evaluation.knn import search_predictions
+from qkcopy.evaluation.metrics import Metrics, evaluate
 
 
 @dataclass(frozen=True)

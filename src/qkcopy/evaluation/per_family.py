@@ -16,7 +16,7 @@ from pathlib import Path
 from qkcopy.data.benchmark import MANIFEST, Benchmark
 from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.metrics import Metrics, evaluate
+from qkcopy.evaluation.metrics import Metrics, evaluate
 
 
 def query_families(benchmark: Benchmark) -> dict[str, list[str]]:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.threshold import choose_threshold, conservative_threshold, precision_lower_bound
-from qkcopy.retrieval.metrics import evaluate
-from qkcopy.retrieval.transfer import family_transfer, pooled
+from qkcopy.evaluation.threshold import choose_threshold, conservative_threshold, precision_lower_bound
+from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.transfer import family_transfer, pooled
 
 
 def _preds(rows):

@@ -7,7 +7,7 @@ the default; rule "point": where precision itself reaches 0.9) becomes `threshol
 search` can answer "copy / not a copy" for new images: pairs scoring at or above it are called copies. When no
 cut-off's bound reaches 0.9 the point rule is used; when the benchmark never reaches precision 0.9, the
 threshold of the best precision reached is saved instead, flagged `target_met: false`. The file also records
-the precision measured with each edit family left out of the calibration (`qkcopy.retrieval.transfer`).
+the precision measured with each edit family left out of the calibration (`qkcopy.evaluation.transfer`).
 
 Score normalisation (optional, reported beside the raw numbers). The ISC2021 baselines
 (facebookresearch/isc2021, scripts/score_normalization.py) subtract from each query's inner-product scores
@@ -38,10 +38,10 @@ import numpy as np
 
 from qkcopy.data.isc_csv import Predictions
 
-from qkcopy.retrieval.metrics import Metrics, evaluate, precision_recall_at_threshold
-from qkcopy.retrieval.per_family import per_family_metrics, query_families
-from qkcopy.retrieval.threshold import Threshold, choose_threshold, save_threshold
-from qkcopy.retrieval.transfer import family_transfer, pooled, quiet_metrics
+from qkcopy.evaluation.metrics import Metrics, evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.per_family import per_family_metrics, query_families
+from qkcopy.evaluation.threshold import Threshold, choose_threshold, save_threshold
+from qkcopy.evaluation.transfer import family_transfer, pooled, quiet_metrics
 from qkcopy.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,9 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
               n_background: int = 10, max_background: int | None = None, batch_size: int = 64,
               workers: int = 2, rule: str = "lower-bound", heldout=None) -> Calibration:
     """Evaluate `trained` (a `qkcopy.model.trained.TrainedModels`) on `benchmark` and write the calibration to `out`;
-    `heldout`: a second benchmark the threshold is checked on (`qkcopy.retrieval.transfer`)."""
-    from qkcopy.retrieval.evaluation import evaluate_model
-    from qkcopy.retrieval.plots import plot_pr_curves
+    `heldout`: a second benchmark the threshold is checked on (`qkcopy.evaluation.transfer`)."""
+    from qkcopy.evaluation.model_eval import evaluate_model
+    from qkcopy.evaluation.plots import plot_pr_curves
 
     if not benchmark.query_paths or benchmark.ground_truth.n_positives == 0:  # before any embedding
         raise ValueError(f"{benchmark.root}: the ground truth lists {len(benchmark.query_paths)} queries, "

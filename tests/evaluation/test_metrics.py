@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import evaluate, precision_recall_at_threshold
 
 
 def preds(*rows) -> Predictions:

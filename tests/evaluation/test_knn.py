@@ -4,8 +4,8 @@ import pytest
 
 from qkcopy.data.isc_csv import GroundTruth
 
-from qkcopy.retrieval.metrics import evaluate
-from qkcopy.retrieval.knn import capped_search, knn_search, predictions_from_knn, search_predictions
+from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.knn import capped_search, knn_search, predictions_from_knn, search_predictions
 
 
 

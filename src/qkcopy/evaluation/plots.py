@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics  # noqa: E402
+from qkcopy.evaluation.metrics import TARGET_PRECISION, Metrics  # noqa: E402
 from qkcopy.io import atomic_write
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ gives (checked by `check_score_threshold`). Rules:
 * "lower-bound" (the default): the lowest score at which the one-sided 95 % Clopper–Pearson lower bound of
   precision is still at the target (`conservative_threshold`); with n flagged pairs, tp true, the bound is the
   0.05 quantile of Beta(tp, n − tp + 1).
-How a threshold holds on edit families it never saw is measured in `qkcopy.retrieval.transfer`.
+How a threshold holds on edit families it never saw is measured in `qkcopy.evaluation.transfer`.
 
 Example:
     >>> t = load_threshold("runs/qk/eval/threshold.json", model.fingerprint)
@@ -29,7 +29,7 @@ from scipy.stats import beta as beta_dist
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.errors import ThresholdError, read_json
 from qkcopy.io import atomic_write_json
-from qkcopy.retrieval.metrics import TARGET_PRECISION, Metrics, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import TARGET_PRECISION, Metrics, precision_recall_at_threshold
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qkcopy.errors import ThresholdError
-from qkcopy.retrieval.threshold import Threshold, any_copy, is_copy, threshold_score
+from qkcopy.evaluation.threshold import Threshold, any_copy, is_copy, threshold_score
 
 
 def _calibrated(score):

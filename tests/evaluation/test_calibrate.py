@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from qkcopy.data.benchmark import load_benchmark
-from qkcopy.retrieval.calibrate import background_sqdist, calibrate, normalize_scores
-from qkcopy.retrieval.threshold import Threshold, choose_threshold, load_threshold, save_threshold
+from qkcopy.evaluation.calibrate import background_sqdist, calibrate, normalize_scores
+from qkcopy.evaluation.threshold import Threshold, choose_threshold, load_threshold, save_threshold
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import evaluate, precision_recall_at_threshold
 from qkcopy.model.trained import load_trained
 
 

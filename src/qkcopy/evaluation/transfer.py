@@ -4,7 +4,7 @@ A threshold picked where precision first reaches 0.9 on one benchmark is tuned t
 a few hundred pairs its precision is itself uncertain, and copies made with other edits score differently.
 Three measures, all from the calibration's own predictions or one more benchmark:
 
-* **Confidence bound.** `qkcopy.retrieval.threshold.conservative_threshold`: the lowest score at which the
+* **Confidence bound.** `qkcopy.evaluation.threshold.conservative_threshold`: the lowest score at which the
   one-sided Clopper–Pearson lower bound (95 %) of precision is still at the target, the threshold `qkcopy eval`
   saves by default (`--calibration point` keeps the plain cut-off).
 * **Leave one edit family out** (`family_transfer`, benchmarks built by `qkcopy make-benchmark`): for each edit
@@ -25,8 +25,8 @@ import numpy as np
 
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.metrics import evaluate, precision_recall_at_threshold
-from qkcopy.retrieval.threshold import conservative_threshold, point_threshold
+from qkcopy.evaluation.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.threshold import conservative_threshold, point_threshold
 
 @dataclass(frozen=True)
 class FamilyTransfer:
@@ -58,7 +58,7 @@ def family_transfer(preds: Predictions, gt: GroundTruth, families: Mapping[str, 
 @contextmanager
 def quiet_metrics():
     """`evaluate` without its INFO line, for the many small evaluations of per-family figures."""
-    logger = logging.getLogger("qkcopy.retrieval.metrics")
+    logger = logging.getLogger("qkcopy.evaluation.metrics")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:

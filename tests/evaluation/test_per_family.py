@@ -11,8 +11,8 @@ from qkcopy.cli import main
 from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
-from qkcopy.retrieval.per_family import family_table, per_family_metrics, query_families
-from qkcopy.retrieval.metrics import evaluate
+from qkcopy.evaluation.per_family import family_table, per_family_metrics, query_families
+from qkcopy.evaluation.metrics import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.retrieval.metrics import evaluate
-from qkcopy.retrieval.plots import plot_pr_curves
+from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.plots import plot_pr_curves
 
 
 def _metrics(noise):
