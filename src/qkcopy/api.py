@@ -57,10 +57,10 @@ def build_index(model: TrainedModels, references: str | os.PathLike, out: str | 
                 kind: str = "flat", batch_size: int = 64, workers: int = 2) -> ReferenceIndex:
     """A faiss index of a folder of reference images, embedded with K ("flat", "ivf" or "ivfpq");
     saved to `out` when given (`qkcopy.retrieval.index`)."""
-    from qkcopy.retrieval.index import build_index as build, index_collection
+    from qkcopy.retrieval.index import build_index as build, index_folder
 
     if out is not None:
-        return index_collection(model, out, references=references, kind=kind, batch_size=batch_size,
+        return index_folder(model, out, references=references, kind=kind, batch_size=batch_size,
                                 workers=workers)
     emb = embed(model, references, "reference", batch_size, workers)
     if not emb.ids:

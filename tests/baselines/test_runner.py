@@ -10,7 +10,7 @@ from qkcopy.data.benchmark import load_benchmark
 from qkcopy.cli import main
 from qkcopy.retrieval.descriptors import read_isc_h5
 from qkcopy.data.images import SkipLog
-from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.metrics import isc_metrics
 from qkcopy.model.pca import PCA
 from qkcopy.evaluation.plots import plot_pr_curves
 from qkcopy.evaluation.knn import search_predictions
@@ -39,7 +39,7 @@ def _control_micro_ap(run_dir, bench, seed: int) -> float:
     q_ids, q = read_isc_h5(run_dir / "queries.h5")
     r_ids, r = read_isc_h5(run_dir / "references.h5")
     r = r[np.random.default_rng(seed).permutation(len(r))]
-    return evaluate(search_predictions(q_ids, q, r_ids, r, k=10), bench.ground_truth).micro_ap
+    return isc_metrics(search_predictions(q_ids, q, r_ids, r, k=10), bench.ground_truth).micro_ap
 
 
 def test_gist_run_writes_everything(gist_run, bench):

@@ -9,7 +9,7 @@ from qkcopy.data.benchmark import load_benchmark
 from qkcopy.evaluation.calibrate import background_sqdist, calibrate, normalize_scores
 from qkcopy.evaluation.threshold import Threshold, choose_threshold, load_threshold, save_threshold
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.evaluation.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import isc_metrics, precision_recall_at_threshold
 from qkcopy.model.trained import load_trained
 
 
@@ -27,7 +27,7 @@ def test_threshold_reaches_precision_090_with_the_highest_recall():
     rows = [(f"q{i}", f"r{i}", 10.0 - i) for i in range(9)]  # 9 true at scores 10..2
     rows += [("q10", "r0", 1.5), ("q9", "r9", 1.0), ("q11", "r1", 0.5), ("q9", "r3", 0.2)]
     preds = _preds(rows)
-    m = evaluate(preds, gt)
+    m = isc_metrics(preds, gt)
     t = choose_threshold(m, preds, gt, "fp", 10, "bench")
     # cut after the 11th prediction (score 1.0): 10 true of 11 → precision 0.909, recall 1.0
     assert t.score == 1.0 and t.target_met
@@ -39,7 +39,7 @@ def test_threshold_reaches_precision_090_with_the_highest_recall():
 def test_unreachable_precision_saves_best_precision_flagged():
     gt = GroundTruth({"q0": "r0", "q1": "r1", "q2": None})
     preds = _preds([("q2", "r0", 5.0), ("q0", "r0", 4.0), ("q2", "r1", 3.0), ("q1", "r1", 2.0)])
-    m = evaluate(preds, gt)
+    m = isc_metrics(preds, gt)
     assert m.threshold_at_p90 is None
     t = choose_threshold(m, preds, gt, "fp", 10, "bench")
     # precisions along the list: 0, 1/2, 1/3, 2/4 → best 0.5, and among those the higher recall (score 2.0)
@@ -90,7 +90,7 @@ def test_calibrate_end_to_end(tiny_run, tiny_benchmark, tmp_path):
             "threshold.json"} <= files
     preds = Predictions.from_csv(tmp_path / "eval" / "predictions.csv")
     assert len(preds) == 10 * 5  # k per query
-    assert evaluate(preds, bench.ground_truth).micro_ap == pytest.approx(cal.metrics.micro_ap)
+    assert isc_metrics(preds, bench.ground_truth).micro_ap == pytest.approx(cal.metrics.micro_ap)
     # lightly edited copies: the untrained (gist256-like) descriptor already ranks every original first
     assert cal.metrics.recall_at_1 == 1.0
     saved = load_threshold(tmp_path / "eval" / "threshold.json", trained.fingerprint)

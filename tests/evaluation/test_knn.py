@@ -4,7 +4,7 @@ import pytest
 
 from qkcopy.data.isc_csv import GroundTruth
 
-from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.metrics import isc_metrics
 from qkcopy.evaluation.knn import capped_search, knn_search, predictions_from_knn, search_predictions
 
 
@@ -119,10 +119,10 @@ def test_search_predictions_finds_noisy_copies():
     q = np.concatenate([copies, distractors])
     qid, rid = ids("q", 30), ids("r", 60)
     gt = GroundTruth({qid[i]: (rid[i] if i < 20 else None) for i in range(30)})
-    m = evaluate(search_predictions(qid, q, rid, refs, k=5), gt)
+    m = isc_metrics(search_predictions(qid, q, rid, refs, k=5), gt)
     assert m.recall_at_1 == 1.0 and m.micro_ap == pytest.approx(1.0)
     # ISC-style global cap with exactly as many results as true copies
-    m = evaluate(search_predictions(qid, q, rid, refs, k=None, max_results=20), gt)
+    m = isc_metrics(search_predictions(qid, q, rid, refs, k=None, max_results=20), gt)
     assert m.n_predictions == 20 and m.micro_ap == pytest.approx(1.0)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.evaluation.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import isc_metrics, precision_recall_at_threshold
 
 
 def preds(*rows) -> Predictions:
@@ -17,7 +17,7 @@ def preds(*rows) -> Predictions:
 def test_micro_ap_with_distractor_and_never_retrieved_match():
     gt = GroundTruth({"q1": "r1", "q2": "r2", "q3": "r3", "q4": None})  # 3 positives, q4 has no copy
     p = preds(("q2", "r2", 0.7), ("q4", "r1", 0.6), ("q1", "r1", 0.9), ("q2", "rX", 0.8))
-    m = evaluate(p, gt)
+    m = isc_metrics(p, gt)
     # sorted: q1r1 T(0.9), q2rX F(0.8), q2r2 T(0.7), q4r1 F(0.6); q3's match is never predicted.
     # precision 1, 1/2, 2/3, 2/4; recall 1/3, 1/3, 2/3, 2/3 (never above 2/3)
     # µAP = 1/3·1 + 0·1/2 + 1/3·2/3 + 0·1/2 = 1/3 + 2/9 = 5/9 = 0.5556
@@ -41,7 +41,7 @@ def test_ties_are_ordered_worst_case():
     # precision 0, 1/2, 2/3; recall 0, 1/2, 1 → µAP = 1/2·1/2 + 1/2·2/3 = 1/4 + 1/3 = 7/12 = 0.5833
     # (the best-case order T, T, F would give 1.0)
     for perm in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]):
-        m = evaluate(preds(*[rows[i] for i in perm]), gt)
+        m = isc_metrics(preds(*[rows[i] for i in perm]), gt)
         assert m.micro_ap == pytest.approx(7 / 12)
         # q1's r1 ties with r9, so it is not counted at rank 1; q2 is → 1/2
         assert m.recall_at_1 == pytest.approx(1 / 2)
@@ -51,7 +51,7 @@ def test_ties_are_ordered_worst_case():
 
 def test_constant_scores_do_not_help():
     gt = GroundTruth({"q1": "r1", "q2": None})
-    m = evaluate(preds(("q1", "r1", 1.0), ("q1", "r2", 1.0), ("q2", "r1", 1.0), ("q2", "r3", 1.0)), gt)
+    m = isc_metrics(preds(("q1", "r1", 1.0), ("q1", "r2", 1.0), ("q2", "r1", 1.0), ("q2", "r3", 1.0)), gt)
     # worst case F, F, F, T: precision at the one positive = 1/4 → µAP = 1·1/4 = 0.25
     assert m.micro_ap == pytest.approx(0.25)
     assert m.recall_at_p90 == 0.0 and m.threshold_at_p90 is None
@@ -59,7 +59,7 @@ def test_constant_scores_do_not_help():
 
 def test_p90_never_reached_is_zero():
     gt = GroundTruth({"q1": "r1"})
-    m = evaluate(preds(("q1", "r9", 0.9), ("q1", "r1", 0.8)), gt)
+    m = isc_metrics(preds(("q1", "r9", 0.9), ("q1", "r1", 0.8)), gt)
     # F then T: precision 0, 1/2; recall 0, 1 → µAP = 1·1/2 = 0.5, P90 never reached
     assert m.micro_ap == pytest.approx(0.5)
     assert m.recall_at_p90 == 0.0
@@ -71,7 +71,7 @@ def test_recall_at_p90_takes_the_highest_recall_with_enough_precision():
     gt = GroundTruth({f"q{i}": f"r{i}" for i in range(11)} | {"d1": None, "d2": None})  # 11 positives
     rows = [(f"q{i}", f"r{i}", 1.0 - 0.01 * i) for i in range(9)]  # 9 T, scores 1.00 … 0.92
     rows += [("d1", "r0", 0.91), ("q9", "r9", 0.90), ("d2", "r1", 0.50)]  # F, T, F
-    m = evaluate(preds(*rows), gt)
+    m = isc_metrics(preds(*rows), gt)
     # cut-offs: 9 T → p 1, r 9/11; +F → p 9/10 = 0.9 (counts), r 9/11; +T → p 10/11 ≈ 0.909, r 10/11;
     # +F → p 10/12 ≈ 0.833 < 0.9. Highest valid recall = 10/11 at threshold 0.90. q10 never retrieved.
     assert m.recall_at_p90 == pytest.approx(10 / 11)
@@ -91,12 +91,12 @@ def test_precision_recall_at_threshold():
 
 
 def test_empty_predictions_score_zero():
-    m = evaluate(preds(), GroundTruth({"q1": "r1"}))
+    m = isc_metrics(preds(), GroundTruth({"q1": "r1"}))
     assert (m.micro_ap, m.recall_at_p90, m.threshold_at_p90, m.recall_at_1) == (0.0, 0.0, None, 0.0)
 
 
 def test_as_dict_is_json_friendly():
-    m = evaluate(preds(("q1", "r1", 0.9)), GroundTruth({"q1": "r1"}))
+    m = isc_metrics(preds(("q1", "r1", 0.9)), GroundTruth({"q1": "r1"}))
     d = json.loads(json.dumps(m.as_dict()))
     assert d["micro_ap"] == 1.0 and d["threshold_at_p90"] == 0.9 and d["n_positives"] == 1
     assert "precision" not in d
@@ -107,17 +107,17 @@ def test_as_dict_is_json_friendly():
 def test_duplicate_pairs_raise():
     gt = GroundTruth({"q1": "r1"})
     with pytest.raises(ValueError, match=r"duplicate .*\(q1, r1\)"):
-        evaluate(preds(("q1", "r1", 0.9), ("q1", "r2", 0.5), ("q1", "r1", 0.1)), gt)
+        isc_metrics(preds(("q1", "r1", 0.9), ("q1", "r2", 0.5), ("q1", "r1", 0.1)), gt)
 
 
 def test_unknown_query_raises_with_example():
     with pytest.raises(ValueError, match="not in the ground truth, e.g. q7"):
-        evaluate(preds(("q1", "r1", 0.9), ("q7", "r1", 0.5)), GroundTruth({"q1": "r1"}))
+        isc_metrics(preds(("q1", "r1", 0.9), ("q7", "r1", 0.5)), GroundTruth({"q1": "r1"}))
 
 
 def test_ground_truth_without_positives_raises():
     with pytest.raises(ValueError, match="no matched query"):
-        evaluate(preds(("q1", "r1", 0.9)), GroundTruth({"q1": None}))
+        isc_metrics(preds(("q1", "r1", 0.9)), GroundTruth({"q1": None}))
 
 
 
@@ -174,7 +174,7 @@ def test_evaluate_matches_slow_reference(seed):
                 score += float(rng.integers(0, 5))  # true pairs tend to score higher
             rows.append((f"q{i}", r, score))
     ap, r_p90, r_1 = slow_reference(rows, gt)
-    m = evaluate(preds(*rows), GroundTruth(gt))
+    m = isc_metrics(preds(*rows), GroundTruth(gt))
     assert m.micro_ap == pytest.approx(ap, abs=1e-12)
     assert m.recall_at_p90 == pytest.approx(r_p90, abs=1e-12)
     assert m.recall_at_1 == pytest.approx(r_1, abs=1e-12)

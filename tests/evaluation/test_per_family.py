@@ -12,7 +12,7 @@ from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 from qkcopy.evaluation.per_family import family_table, per_family_metrics, query_families
-from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.metrics import isc_metrics
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_per_family_metrics_equal_the_metrics_of_the_subset():
     preds = Predictions(np.array(["q1", "q2", "q3", "q4", "q4"]), np.array(["r1", "r9", "r1", "r4", "r2"]),
                         np.array([-0.1, -0.2, -0.05, -0.3, -0.01]))
     got = per_family_metrics(preds, gt, families)
-    want_a = evaluate(Predictions(preds.query_ids[:3], preds.reference_ids[:3], preds.scores[:3]),
+    want_a = isc_metrics(Predictions(preds.query_ids[:3], preds.reference_ids[:3], preds.scores[:3]),
                       GroundTruth({"q1": "r1", "q2": "r2", "q3": None}))
     assert got["a"].micro_ap == pytest.approx(want_a.micro_ap) and got["a"].recall_at_1 == pytest.approx(0.5)
     assert got["b"].recall_at_1 == 0.0  # q2's top is wrong; q4's top (r2) outranks its true match
@@ -80,10 +80,10 @@ def test_groups_score_the_queries_of_any_of_their_families():
     preds = Predictions(np.array(["q1", "q2", "q3", "q4"]), np.array(["r1", "r9", "r1", "r4"]),
                         np.array([-0.1, -0.2, -0.05, -0.3]))
     got = per_family_metrics(preds, gt, families, {"ab": ("a", "b"), "every": ("a", "b", "c")})
-    want = evaluate(Predictions(preds.query_ids[:2], preds.reference_ids[:2], preds.scores[:2]),
+    want = isc_metrics(Predictions(preds.query_ids[:2], preds.reference_ids[:2], preds.scores[:2]),
                     GroundTruth({"q1": "r1", "q2": "r2"}))
     assert got["ab"].micro_ap == pytest.approx(want.micro_ap) and got["ab"].recall_at_1 == 0.5
-    assert got["every"].micro_ap == pytest.approx(evaluate(preds, gt).micro_ap)
+    assert got["every"].micro_ap == pytest.approx(isc_metrics(preds, gt).micro_ap)
     assert list(got)[-2:] == ["ab", "every"]  # groups after the families in the table
 
 

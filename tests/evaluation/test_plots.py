@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.metrics import isc_metrics
 from qkcopy.evaluation.plots import plot_pr_curves
 
 
@@ -14,7 +14,7 @@ def _metrics(noise):
     gt = GroundTruth({f"q{i}": (f"r{i}" if i < 10 else None) for i in range(20)})
     q = np.array([f"q{i}" for i in range(20)])
     scores = np.where(np.arange(20) < 10, 1.0, 0.0) + noise * rng.normal(size=20)
-    return evaluate(Predictions(q, np.array([f"r{i}" for i in range(20)]), scores), gt)
+    return isc_metrics(Predictions(q, np.array([f"r{i}" for i in range(20)]), scores), gt)
 
 
 def test_writes_a_png_with_both_curves(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.evaluation.threshold import choose_threshold, conservative_threshold, precision_lower_bound
-from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.metrics import isc_metrics
 from qkcopy.evaluation.transfer import family_transfer, pooled
 
 
@@ -35,7 +35,7 @@ def _ranked(labels, ties=()):
 def test_conservative_threshold_is_where_the_bound_reaches_the_target():
     labels = [True] * 60 + ([True] * 4 + [False]) * 10 + [False] * 20
     preds, gt = _ranked(labels)
-    m = evaluate(preds, gt)
+    m = isc_metrics(preds, gt)
     n = np.arange(1, len(labels) + 1)
     tp = np.cumsum(labels)
     want = int(np.flatnonzero(precision_lower_bound(tp, n) >= 0.9)[-1])
@@ -52,9 +52,9 @@ def test_conservative_threshold_is_where_the_bound_reaches_the_target():
 def test_conservative_threshold_never_splits_a_tie_and_falls_back_to_point():
     labels = [True] * 40 + [False] * 10
     preds, gt = _ranked(labels, ties=range(1, 41))  # the first 41 predictions share one score
-    assert conservative_threshold(evaluate(preds, gt)) is None  # 40/41 is one cut: bound 0.89
+    assert conservative_threshold(isc_metrics(preds, gt)) is None  # 40/41 is one cut: bound 0.89
     few, gt_few = _ranked([True] * 9 + [False])
-    t = choose_threshold(evaluate(few, gt_few), few, gt_few, "fp", 1, "b")  # 9 pairs never bound 0.9
+    t = choose_threshold(isc_metrics(few, gt_few), few, gt_few, "fp", 1, "b")  # 9 pairs never bound 0.9
     assert t.rule == "point" and t.target_met and t.precision == 1.0
 
 

@@ -14,7 +14,7 @@ from qkcopy.config import load_config, to_dict
 from qkcopy.data.images import ImageError, load_image
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.errors import ConfigError
-from qkcopy.evaluation.metrics import evaluate
+from qkcopy.evaluation.metrics import isc_metrics
 
 FAST = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -110,11 +110,11 @@ def test_micro_ap_is_in_unit_interval_and_invariant_to_prediction_order(case, se
     gt, rows = case
     if not rows:
         return
-    ap = evaluate(_preds(rows), gt).micro_ap
+    ap = isc_metrics(_preds(rows), gt).micro_ap
     assert 0.0 <= ap <= 1.0 and math.isfinite(ap)
     shuffled = rows[:]
     random.Random(seed).shuffle(shuffled)
-    assert evaluate(_preds(shuffled), gt).micro_ap == pytest.approx(ap, abs=1e-12)
+    assert isc_metrics(_preds(shuffled), gt).micro_ap == pytest.approx(ap, abs=1e-12)
 
 
 @FAST
@@ -123,7 +123,7 @@ def test_micro_ap_never_rises_when_a_false_pair_is_added_above_the_true_ones(cas
     gt, rows = case
     if not rows:
         return
-    before = evaluate(_preds(rows), gt).micro_ap
+    before = isc_metrics(_preds(rows), gt).micro_ap
     taken = {(q, r) for q, r, _ in rows}
     false = [(q, r) for q in gt.queries for r in (f"R{i}" for i in range(6))
              if gt.matches[q] != r and (q, r) not in taken]
@@ -131,7 +131,7 @@ def test_micro_ap_never_rises_when_a_false_pair_is_added_above_the_true_ones(cas
         return
     q, r = false[0]
     top = max(s for _, _, s in rows)
-    after = evaluate(_preds(rows + [(q, r, top + margin)]), gt).micro_ap
+    after = isc_metrics(_preds(rows + [(q, r, top + margin)]), gt).micro_ap
     assert after <= before + 1e-12
 
 

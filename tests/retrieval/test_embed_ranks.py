@@ -13,8 +13,8 @@ from testkit import free_port
 from qkcopy.distributed import init
 from qkcopy.model.trained import load_trained
 from qkcopy.model.inference import embed_paths
-from qkcopy.retrieval.embed_ranks import embed_collection_ranks
-from qkcopy.retrieval.embed_shards import embed_collection
+from qkcopy.retrieval.embed_ranks import embed_folder_ranks
+from qkcopy.retrieval.embed_shards import embed_folder
 
 OUTPUTS = ("refs.npy", "refs_ids.txt", "refs.h5")
 
@@ -24,7 +24,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str, paths: list, out: st
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist = init("cpu")
-    result = embed_collection_ranks(load_trained(run_dir), paths, "reference", out, dist, batch_size=2,
+    result = embed_folder_ranks(load_trained(run_dir), paths, "reference", out, dist, batch_size=2,
                                     workers=0, shard_size=2)
     assert (result is not None) == dist.is_main
     if dist.is_main:
@@ -39,7 +39,7 @@ def test_two_ranks_write_the_bytes_of_one_process(tiny_run, make_images, tmp_pat
     mp.spawn(_worker, args=(2, free_port(), str(tiny_run), paths, str(tmp_path / "two" / "refs")), nprocs=2,
              join=True)
     torch.set_num_threads(1)
-    one = embed_collection(load_trained(tiny_run), paths, "reference", tmp_path / "one" / "refs", batch_size=2,
+    one = embed_folder(load_trained(tiny_run), paths, "reference", tmp_path / "one" / "refs", batch_size=2,
                            workers=0, shard_size=2)
     assert one.ids == [p.stem for p in paths]
     for name in OUTPUTS:
@@ -67,11 +67,11 @@ def test_one_rank_is_embed_collection(tiny_run, make_images, tmp_path):
     from qkcopy.distributed import Dist
 
     paths = make_images(tmp_path / "imgs", 3)
-    got = embed_collection_ranks(load_trained(tiny_run), paths, "query", tmp_path / "q", Dist(), batch_size=2,
+    got = embed_folder_ranks(load_trained(tiny_run), paths, "query", tmp_path / "q", Dist(), batch_size=2,
                                  workers=0)
     assert got.ids == [p.stem for p in paths] and got.vectors.shape[0] == 3
     with pytest.raises(ValueError, match="side"):
-        embed_collection_ranks(load_trained(tiny_run), paths, "sideways", tmp_path / "x", Dist(world=2))
+        embed_folder_ranks(load_trained(tiny_run), paths, "sideways", tmp_path / "x", Dist(world=2))
 
 
 @pytest.mark.slow

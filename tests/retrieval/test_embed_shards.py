@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from qkcopy.retrieval.embed_shards import embed_collection, image_ids, read_descriptors, read_meta
+from qkcopy.retrieval.embed_shards import embed_folder, image_ids, read_descriptors, read_meta
 from qkcopy.data.transforms import image_pair
 from qkcopy.retrieval.descriptors import read_isc_h5, read_npy
 from qkcopy.data.images import load_image
@@ -34,8 +34,8 @@ def _direct(model, trained, paths):
 
 def test_sides_use_q_and_k_and_files_agree(trained, make_images, tmp_path):
     paths = make_images(tmp_path / "imgs", 5)
-    q = embed_collection(trained, paths, "query", tmp_path / "out" / "q.h5", batch_size=2, workers=0)
-    k = embed_collection(trained, paths, "reference", tmp_path / "out" / "k", batch_size=2, workers=0)
+    q = embed_folder(trained, paths, "query", tmp_path / "out" / "q.h5", batch_size=2, workers=0)
+    k = embed_folder(trained, paths, "reference", tmp_path / "out" / "k", batch_size=2, workers=0)
     np.testing.assert_allclose(q.vectors, _direct(trained.q, trained, paths), atol=1e-5)
     np.testing.assert_allclose(k.vectors, _direct(trained.k, trained, paths), atol=1e-5)
     assert np.abs(q.vectors - k.vectors).max() > 1e-4  # Q and K differ
@@ -52,8 +52,8 @@ def test_sharded_resume_skips_done_shards_and_equals_one_shot(trained, make_imag
     paths = make_images(tmp_path / "imgs", 7)
     bad = tmp_path / "imgs" / "img003.jpg"
     bad.write_bytes(b"not a jpeg")  # an unreadable file in shard 1: skipped, and remembered by the shard
-    one = embed_collection(trained, paths, "reference", tmp_path / "one", shard_size=100, workers=0)
-    first = embed_collection(trained, paths, "reference", tmp_path / "sh", shard_size=3, workers=0,
+    one = embed_folder(trained, paths, "reference", tmp_path / "one", shard_size=100, workers=0)
+    first = embed_folder(trained, paths, "reference", tmp_path / "sh", shard_size=3, workers=0,
                              keep_shards=True)
     assert (first.shards_embedded, first.shards_reused) == (3, 0)
     assert sorted(p.name for p in (tmp_path / "sh.shards").iterdir()) == ["00000.h5", "00001.h5", "00002.h5"]
@@ -61,7 +61,7 @@ def test_sharded_resume_skips_done_shards_and_equals_one_shot(trained, make_imag
     assert first.skipped == one.skipped == [str(bad)]
     np.testing.assert_allclose(first.vectors, one.vectors, atol=1e-5)
 
-    again = embed_collection(trained, paths, "reference", tmp_path / "sh", shard_size=3, workers=0,
+    again = embed_folder(trained, paths, "reference", tmp_path / "sh", shard_size=3, workers=0,
                              keep_shards=True)
     assert (again.shards_embedded, again.shards_reused) == (0, 3)
     assert again.ids == first.ids and again.skipped == first.skipped
@@ -70,7 +70,7 @@ def test_sharded_resume_skips_done_shards_and_equals_one_shot(trained, make_imag
     (tmp_path / "sh.shards" / "00002.h5").unlink()  # as if interrupted before the last shard
     stat = os.stat(paths[0])
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # shard 0's files changed
-    third = embed_collection(trained, paths, "reference", tmp_path / "sh", shard_size=3, workers=0)
+    third = embed_folder(trained, paths, "reference", tmp_path / "sh", shard_size=3, workers=0)
     assert (third.shards_embedded, third.shards_reused) == (2, 1)
     np.testing.assert_allclose(third.vectors, one.vectors, atol=1e-5)
     assert read_isc_h5(tmp_path / "sh.h5")[0] == one.ids
@@ -79,8 +79,8 @@ def test_sharded_resume_skips_done_shards_and_equals_one_shot(trained, make_imag
 
 def test_shards_of_another_model_or_side_are_not_reused(trained, tiny_run, make_images, tmp_path):
     paths = make_images(tmp_path / "imgs", 4)
-    embed_collection(trained, paths, "reference", tmp_path / "x", shard_size=2, workers=0, keep_shards=True)
-    as_query = embed_collection(trained, paths, "query", tmp_path / "x", shard_size=2, workers=0)
+    embed_folder(trained, paths, "reference", tmp_path / "x", shard_size=2, workers=0, keep_shards=True)
+    as_query = embed_folder(trained, paths, "query", tmp_path / "x", shard_size=2, workers=0)
     assert as_query.shards_embedded == 2
 
 
@@ -90,15 +90,15 @@ def test_refusals(trained, other_tiny_run, make_images, tmp_path):
     with pytest.raises(ValueError, match="image id 'img000' names two files"):
         image_ids([*a, *b])
     with pytest.raises(ValueError, match="image id 'img000' names two files"):
-        embed_collection(trained, [*a, *b], "query", tmp_path / "dup", workers=0)
+        embed_folder(trained, [*a, *b], "query", tmp_path / "dup", workers=0)
     with pytest.raises(ValueError, match="side must be one of"):
-        embed_collection(trained, a, "keys", tmp_path / "x", workers=0)
+        embed_folder(trained, a, "keys", tmp_path / "x", workers=0)
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"")
     with pytest.raises(ValueError, match="none of the 1 images could be read"):
-        embed_collection(trained, [junk], "query", tmp_path / "junk", workers=0)
+        embed_folder(trained, [junk], "query", tmp_path / "junk", workers=0)
 
-    embed_collection(trained, a, "query", tmp_path / "q", workers=0)
+    embed_folder(trained, a, "query", tmp_path / "q", workers=0)
     dim = trained.cfg.model.descriptor_dim
     with pytest.raises(ValueError, match="holds query descriptors .Q model. but reference descriptors"):
         read_descriptors(tmp_path / "q.h5", trained.fingerprint, "reference", dim)

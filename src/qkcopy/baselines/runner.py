@@ -47,7 +47,7 @@ from qkcopy.evaluation.plots import plot_pr_curves
 from qkcopy.retrieval.descriptors import write_isc_h5
 from qkcopy.evaluation.knn import search_predictions
 from qkcopy.data.isc_csv import Predictions
-from qkcopy.evaluation.metrics import Metrics, evaluate
+from qkcopy.evaluation.metrics import Metrics, isc_metrics
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def run_baseline(method: str, benchmark: Benchmark, out_dir: str | Path, k: int 
     preds = search_predictions(*described["queries"], *described["references"], k=k, max_results=max_results)
     preds.to_csv(out_dir / "predictions.csv")
     lap("search")
-    metrics = evaluate(preds, benchmark.ground_truth)
+    metrics = isc_metrics(preds, benchmark.ground_truth)
     lap("evaluate")
     plot_pr_curves({method: metrics}, out_dir / "pr_curve.png",
                    title=f"{method} on {benchmark.root.name or benchmark.root}")
@@ -248,5 +248,5 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, title: str | Non
         label = summary["method"] if summary["method"] not in curves else f"{summary['method']} ({run.name})"
         while label in curves:
             label += "'"
-        curves[label] = evaluate(Predictions.from_csv(run / "predictions.csv"), gt)
+        curves[label] = isc_metrics(Predictions.from_csv(run / "predictions.csv"), gt)
     return plot_pr_curves(curves, path, title=title)

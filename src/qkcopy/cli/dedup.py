@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.model.trained import load_trained
     from qkcopy.evaluation.threshold import load_threshold, threshold_score
     from qkcopy.retrieval.dedup import (
-        evaluate,
+        dedup_metrics,
         find_duplicates,
         read_ground_truth,
         write_report,
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = load_threshold(args.threshold, trained.fingerprint)
     score = threshold_score(threshold)
     result = find_duplicates(trained, paths, threshold, args.k, args.batch, args.workers)
-    scores = evaluate(result, read_ground_truth(args.ground_truth, result.ids)) if args.ground_truth else None
+    scores = dedup_metrics(result, read_ground_truth(args.ground_truth, result.ids)) if args.ground_truth else None
     write_report(result, args.out, scores)
     print(f"{len(result.ids)} images ({len(result.skipped)} unreadable): {len(result.pairs)} copy pairs in "
           f"{len(result.groups)} groups (threshold {score:.4g}) -> {args.out}/groups.json, sheets/index.html")

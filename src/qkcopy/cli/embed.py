@@ -30,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.data.images import scan_images
     from qkcopy.distributed import init
     from qkcopy.model.trained import load_trained
-    from qkcopy.retrieval.embed_ranks import embed_collection_ranks
+    from qkcopy.retrieval.embed_ranks import embed_folder_ranks
 
     dist = init(args.device)  # under torchrun: one rank per process, shards dealt out (retrieval.embed_ranks)
     trained = load_trained(args.model, dist.device if dist.world > 1 else args.device)
-    result = embed_collection_ranks(trained, scan_images(args.images), args.side, args.out, dist,
+    result = embed_folder_ranks(trained, scan_images(args.images), args.side, args.out, dist,
                                     batch_size=args.batch, workers=args.workers, shard_size=args.shard_size,
                                     keep_shards=args.keep_shards)
     dist.close()

@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkcopy.retrieval.index import index_collection
+    from qkcopy.retrieval.index import index_folder
     from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, args.device)
-    index = index_collection(trained, args.out, references=args.references, descriptors=args.descriptors,
+    index = index_folder(trained, args.out, references=args.references, descriptors=args.descriptors,
                              kind=args.type, nlist=args.nlist, m=args.m, nprobe=args.nprobe, add=args.add,
                              batch_size=args.batch, workers=args.workers,
                              allow_missing_meta=args.allow_missing_meta)

@@ -38,7 +38,7 @@ import numpy as np
 
 from qkcopy.data.isc_csv import Predictions
 
-from qkcopy.evaluation.metrics import Metrics, evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import Metrics, isc_metrics, precision_recall_at_threshold
 from qkcopy.evaluation.per_family import per_family_metrics, query_families
 from qkcopy.evaluation.threshold import Threshold, choose_threshold, save_threshold
 from qkcopy.evaluation.transfer import family_transfer, pooled, quiet_metrics
@@ -127,7 +127,7 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
         background = trained.describe("reference", paths, batch_size, workers, "background")
         bg_sqdist = background_sqdist(queries.vectors, background.vectors, n_background)
         norm_preds = normalize_scores(preds, queries.ids, bg_sqdist, beta)
-        normalized = evaluate(norm_preds, benchmark.ground_truth)
+        normalized = isc_metrics(norm_preds, benchmark.ground_truth)
         norm_preds.to_csv(out / "predictions_normalized.csv")
         summary["normalized"] = dict(normalized.as_dict(), beta=beta, n=n_background,
                                      n_background=len(background.ids))

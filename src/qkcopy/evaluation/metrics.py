@@ -51,7 +51,7 @@ class Metrics:
         }
 
 
-def evaluate(preds: Predictions, gt: GroundTruth) -> Metrics:
+def isc_metrics(preds: Predictions, gt: GroundTruth) -> Metrics:
     """ISC2021 metrics of `preds` against `gt` (see the module docstring)."""
     is_true = _label(preds, gt)  # (P,) bool
     n_pos = gt.n_positives

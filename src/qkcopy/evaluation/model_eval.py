@@ -14,7 +14,7 @@ from qkcopy.data.isc_csv import Predictions
 from qkcopy.model.inference import Embeddings
 from qkcopy.model.trained import TrainedModels
 from qkcopy.evaluation.knn import search_predictions
-from qkcopy.evaluation.metrics import Metrics, evaluate
+from qkcopy.evaluation.metrics import Metrics, isc_metrics
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,4 @@ def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, ba
     if not queries.ids or not refs.ids:
         raise ValueError(f"{benchmark.root}: no readable {'queries' if not queries.ids else 'references'}")
     preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k)
-    return ModelEvaluation(queries, refs, preds, evaluate(preds, benchmark.ground_truth))
+    return ModelEvaluation(queries, refs, preds, isc_metrics(preds, benchmark.ground_truth))

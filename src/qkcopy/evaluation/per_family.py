@@ -16,7 +16,7 @@ from pathlib import Path
 from qkcopy.data.benchmark import MANIFEST, Benchmark
 from qkcopy.data.families import family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.evaluation.metrics import Metrics, evaluate
+from qkcopy.evaluation.metrics import Metrics, isc_metrics
 
 
 def query_families(benchmark: Benchmark) -> dict[str, list[str]]:
@@ -52,7 +52,7 @@ def per_family_metrics(preds: Predictions, gt: GroundTruth, families: Mapping[st
         if sub.n_positives == 0:
             continue
         keep = [i for i, q in enumerate(preds.query_ids) if q in chosen]
-        out[family] = evaluate(Predictions(preds.query_ids[keep], preds.reference_ids[keep], preds.scores[keep]),
+        out[family] = isc_metrics(Predictions(preds.query_ids[keep], preds.reference_ids[keep], preds.scores[keep]),
                                sub)
     return out
 

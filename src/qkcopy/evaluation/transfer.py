@@ -25,7 +25,7 @@ import numpy as np
 
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.evaluation.metrics import evaluate, precision_recall_at_threshold
+from qkcopy.evaluation.metrics import isc_metrics, precision_recall_at_threshold
 from qkcopy.evaluation.threshold import conservative_threshold, point_threshold
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _left_out(preds, gt, families, queries, family, conservative) -> list[Family
     rest_preds, rest_gt = _subset(preds, gt, queries - inside)
     if fam_gt.n_positives == 0 or rest_gt.n_positives == 0:
         return []
-    rest = evaluate(rest_preds, rest_gt)
+    rest = isc_metrics(rest_preds, rest_gt)
     score = conservative_threshold(rest) if conservative else point_threshold(rest)
     if score is None:
         return [FamilyTransfer(family, None, 0.0, 0.0, 0, 0)]

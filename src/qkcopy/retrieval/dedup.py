@@ -137,7 +137,7 @@ def precision_recall(predicted: set[Pair], true: set[Pair]) -> dict:
                 predicted=len(predicted), true=len(true), correct=hit)
 
 
-def evaluate(result: Dedup, truth_groups: list[list[str]]) -> dict:
+def dedup_metrics(result: Dedup, truth_groups: list[list[str]]) -> dict:
     true = pairs_within(truth_groups)
     return dict(pairs=precision_recall(set(result.pairs), true),
                 groups=precision_recall(pairs_within(result.groups), true))

@@ -39,7 +39,7 @@ META_SUFFIX = ".meta.json"
 
 
 @dataclass(frozen=True)
-class Collection:
+class EmbeddedFolder:
     prefix: Path
     ids: list[str]
     vectors: np.ndarray  # (N, E) float32
@@ -124,8 +124,8 @@ def plan_shards(paths: Sequence[Path], side: str, out: str | Path, shard_size: i
     return paths, prefix.with_name(prefix.name + ".shards"), -(-len(paths) // shard_size)
 
 
-def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path, batch_size: int = 64,
-                     workers: int = 2, shard_size: int = 10_000, keep_shards: bool = False) -> Collection:
+def embed_folder(trained, paths: Sequence[Path], side: str, out: str | Path, batch_size: int = 64,
+                     workers: int = 2, shard_size: int = 10_000, keep_shards: bool = False) -> EmbeddedFolder:
     """Descriptors of `paths` with `trained.q` (side "query") or `trained.k` (side "reference").
 
     `trained` is a `qkcopy.model.trained.TrainedModels`. Shards are removed after the merge unless `keep_shards`.
@@ -164,11 +164,11 @@ def embed_collection(trained, paths: Sequence[Path], side: str, out: str | Path,
         shutil.rmtree(shard_dir)
     log.info("%s descriptors of %d images (%d skipped) written to %s.h5 / .npy (%d shards embedded, %d reused)",
              side, len(ids), len(skipped), prefix, embedded, n_shards - embedded)
-    return Collection(prefix, ids, vectors, skipped, embedded, n_shards - embedded)
+    return EmbeddedFolder(prefix, ids, vectors, skipped, embedded, n_shards - embedded)
 
 
 def read_meta(descriptor_file: str | Path) -> dict | None:
-    """The `.meta.json` written beside a descriptor file by `embed_collection`, or None when there is none."""
+    """The `.meta.json` written beside a descriptor file by `embed_folder`, or None when there is none."""
     base = output_prefix(descriptor_file)
     path = base.with_name(base.name + META_SUFFIX)
     if not path.is_file():
@@ -185,7 +185,7 @@ def read_descriptors(path: str | Path, fingerprint: str, side: str, dim: int,
                      allow_missing_meta: bool = False) -> tuple[list[str], np.ndarray]:
     """(ids, vectors) from a `.h5` (ISC2021) or `.npy` descriptor file, checked against the model using them.
 
-    The `.meta.json` that `embed_collection` writes beside the file says which model and side made the
+    The `.meta.json` that `embed_folder` writes beside the file says which model and side made the
     descriptors: another model or the wrong side is refused. A file without one is refused too (its model
     cannot be checked, and an index would be stamped with the wrong one) unless `allow_missing_meta`, when the
     caller vouches that this model made them.

@@ -237,7 +237,7 @@ def build_index(ids: Sequence[str], vectors: np.ndarray, fingerprint: str, kind:
     return ReferenceIndex(index, ids, fingerprint, kind, params)
 
 
-def index_collection(trained, out: str | Path, references: str | Path | None = None,
+def index_folder(trained, out: str | Path, references: str | Path | None = None,
                      descriptors: str | Path | None = None, kind: str = "flat", nlist: int | None = None,
                      m: int | None = None, nprobe: int | None = None, add: bool = False, batch_size: int = 64,
                      workers: int = 2, allow_missing_meta: bool = False) -> ReferenceIndex:
@@ -246,7 +246,7 @@ def index_collection(trained, out: str | Path, references: str | Path | None = N
     A descriptor file without its `.meta.json` is refused unless `allow_missing_meta` (see `read_descriptors`).
 
     A folder is embedded with the K model of `trained` (a `qkcopy.model.trained.TrainedModels`) in one pass; for large
-    folders run `embed_collection(side="reference")` first (resumable) and pass its file as `descriptors`.
+    folders run `embed_folder(side="reference")` first (resumable) and pass its file as `descriptors`.
     """
     from qkcopy.retrieval.embed_shards import image_ids, read_descriptors
     from qkcopy.data.images import scan_images
