@@ -66,6 +66,11 @@ class DescriptorError(QkcopyError):
     """A descriptor file, or its .meta.json, that cannot be trusted or read."""
 
 
+class FingerprintMismatch(QkcopyError):
+    """Descriptors, an index, a collection or a threshold made by one model used with another: scores of
+    different models are not comparable."""
+
+
 def read_json(path: str | os.PathLike, error: type[QkcopyError] = QkcopyError, what: str = "JSON file") -> Any:
     """Parse the JSON file `path`; a parse or read failure becomes `error` naming the file and the line."""
     path = Path(path)

@@ -5,7 +5,7 @@ import pytest
 
 from qkcopy.collection import Collection, NewRef
 from qkcopy.collection.store import DB_NAME, Store, StoreError
-from qkcopy.retrieval.index import FingerprintMismatch
+from qkcopy.errors import FingerprintMismatch
 
 E = 8
 

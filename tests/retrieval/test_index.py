@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from qkcopy.retrieval.index import FingerprintMismatch, ReferenceIndex, build_index, check_ids, default_nlist
+from qkcopy.errors import FingerprintMismatch
+from qkcopy.retrieval.index import ReferenceIndex, build_index, check_ids, default_nlist
 
 
 def _vectors(n, dim=16, seed=0):

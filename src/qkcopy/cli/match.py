@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _local(args, paths) -> list[dict]:
     from qkcopy.data.images import ImageError
+    from qkcopy.evaluation.threshold import any_copy
     from qkcopy.serve.service import open_service
 
     service = open_service(args.collection, device=args.device)
@@ -38,8 +39,8 @@ def _local(args, paths) -> list[dict]:
                 continue
             vector = service.describer.describe("query", [upload.prepared])
             matches = service.collection.search(vector, args.k, args.bank)[0]
-            t = service.collection.threshold_score
-            results.append(dict(image=path.name, is_copy=None if t is None else any(m.is_copy for m in matches),
+            results.append(dict(image=path.name, is_copy=any_copy([m.score for m in matches],
+                                                                   service.collection.threshold),
                                 matches=[vars(m) for m in matches]))
     finally:
         service.collection.close()

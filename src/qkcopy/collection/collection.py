@@ -14,7 +14,6 @@ Letters: Nq queries, E descriptor dim, k neighbours.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -26,8 +25,10 @@ import numpy as np
 from qkcopy.collection.cache import IndexCache, StaleCache
 from qkcopy.collection.records import Added, NewRef, Ref
 from qkcopy.collection.store import DB_NAME, Store
-from qkcopy.evaluation.threshold import Threshold
-from qkcopy.retrieval.index import INDEX_TYPES, FingerprintMismatch
+from qkcopy.errors import FingerprintMismatch
+from qkcopy.evaluation.threshold import (Threshold, is_copy, threshold_from_json, threshold_score,
+                                         threshold_to_json)
+from qkcopy.retrieval.index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class Collection:
         self.fingerprint: str = s["fingerprint"]
         self.dim: int = int(s["dim"])
         self.model_path: str | None = s.get("model")
-        self.threshold: dict | None = s.get("threshold")
+        stored = s.get("threshold")
+        self.threshold: Threshold | float | None = None if stored is None else threshold_from_json(stored, root)
         self.kind: str = s.get("index", "flat")
         self.params: dict = s.get("index_params", {})
         self._cache: IndexCache | None = None
@@ -77,14 +79,11 @@ class Collection:
         root = Path(root)
         if (root / DB_NAME).exists():
             raise FileExistsError(f"{root} already holds a collection; add to it with `qkcopy collection add`")
-        if isinstance(threshold, Threshold) and threshold.fingerprint != fingerprint:
-            raise FingerprintMismatch(f"the threshold was calibrated for model {threshold.fingerprint}, not "
-                                      f"{fingerprint}; run `qkcopy eval` with this model")
+        if isinstance(threshold, Threshold):
+            threshold.check_model(fingerprint)
+        pinned = None if threshold is None else threshold_to_json(threshold)  # a user's number: checked here
         root.mkdir(parents=True, exist_ok=True)
         store = Store(root / DB_NAME, create=True)
-        pinned = None
-        if threshold is not None:
-            pinned = dataclasses.asdict(threshold) if isinstance(threshold, Threshold) else {"score": float(threshold)}
         store.set_settings(dict(format=FORMAT, fingerprint=fingerprint, dim=int(dim), threshold=pinned,
                                 model=str(Path(model).resolve()) if model else None, index="flat", index_params={}))
         log.info("created collection %s for model %s", root, fingerprint)
@@ -186,7 +185,7 @@ class Collection:
         banks = self.store.counts()
         out = dict(references=sum(banks.values()), banks=banks, model=self.fingerprint, model_path=self.model_path,
                    dim=self.dim, index=self.kind, index_params=self.params,
-                   threshold=None if self.threshold is None else self.threshold["score"])
+                   threshold=self.threshold_score)
         if self._cache is not None:
             out["indexed"] = len(self._cache)
         return out
@@ -195,7 +194,7 @@ class Collection:
 
     @property
     def threshold_score(self) -> float | None:
-        return None if self.threshold is None else float(self.threshold["score"])
+        return threshold_score(self.threshold)
 
     def search(self, vectors: np.ndarray, k: int = 10, bank: str | None = None,
                nprobe: int | None = None) -> list[list[MatchRow]]:
@@ -206,7 +205,6 @@ class Collection:
             check_bank(bank)
         sqdist, ids = self.index().search(vectors, k, bank, nprobe)  # (Nq, k), (Nq, k)
         refs = self.store.get(np.unique(ids[ids >= 0]).tolist())
-        t = self.threshold_score
         out = []
         for row_d, row_i in zip(sqdist, ids):
             matches = []
@@ -215,7 +213,6 @@ class Collection:
                 if ref is None:  # removed between the search and the lookup
                     continue
                 score = -d
-                matches.append(MatchRow(ref.id, ref.name, ref.bank, ref.meta, score,
-                                        None if t is None else score >= t))
+                matches.append(MatchRow(ref.id, ref.name, ref.bank, ref.meta, score, is_copy(score, self.threshold)))
             out.append(matches)
         return out

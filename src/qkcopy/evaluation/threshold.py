@@ -27,7 +27,7 @@ import numpy as np
 from scipy.stats import beta as beta_dist
 
 from qkcopy.data.isc_csv import GroundTruth, Predictions
-from qkcopy.errors import ThresholdError, read_json
+from qkcopy.errors import FingerprintMismatch, ThresholdError, read_json
 from qkcopy.io import atomic_write_json
 from qkcopy.evaluation.metrics import TARGET_PRECISION, Metrics, precision_recall_at_threshold
 
@@ -50,6 +50,17 @@ class Threshold:
     rule: str = "point"  # point: precision reaches the target; lower-bound: its 95 % lower bound does
     precision_lower: float = 0.0  # one-sided 95 % Clopper–Pearson lower bound of `precision`
     unfamiliar_precision: float | None = None  # pooled, each edit family left out of calibration in turn
+
+    def check_model(self, fingerprint: str, where: object = None) -> None:
+        """Raise `FingerprintMismatch` unless this threshold was calibrated for the model `fingerprint`."""
+        if self.fingerprint != fingerprint:
+            raise FingerprintMismatch(f"{where or 'the threshold'} was calibrated for model {self.fingerprint}, not "
+                                      f"{fingerprint}; scores of different models are not comparable — run "
+                                      "`qkcopy eval` with this model", where)
+
+    def is_copy(self, score: float | np.ndarray) -> bool | np.ndarray:
+        """The copy verdict at this threshold (`is_copy`)."""
+        return is_copy(score, self)
 
 
 CONFIDENCE = 0.95
@@ -147,10 +158,8 @@ def load_threshold(spec: str | Path | float, fingerprint: str | None = None) -> 
         raise ThresholdError(f"{path} is not a qkcopy threshold file (no \"format\": \"{THRESHOLD_FORMAT}\"); "
                              "write one with `qkcopy eval`", path)
     threshold = _threshold_from(data, path)
-    if fingerprint is not None and threshold.fingerprint != fingerprint:
-        raise ThresholdError(f"{path} was calibrated for model {threshold.fingerprint}, not {fingerprint}; "
-                             "scores of different models are not comparable — run `qkcopy eval` with this model",
-                             path)
+    if fingerprint is not None:
+        threshold.check_model(fingerprint, path)
     return threshold
 
 
@@ -204,3 +213,20 @@ def any_copy(scores, threshold: Threshold | float | None) -> bool | None:
     if threshold_score(threshold) is None:
         return None
     return any(is_copy(float(s), threshold) for s in scores)
+
+
+def threshold_to_json(threshold: Threshold | float) -> dict:
+    """A threshold as stored beside what it labels (a collection's settings): every field, or a user's score."""
+    if isinstance(threshold, Threshold):
+        return {"format": THRESHOLD_FORMAT, **asdict(threshold)}
+    return {"score": check_score_threshold(threshold)}
+
+
+def threshold_from_json(data: dict, where: object) -> Threshold | float:
+    """The inverse of `threshold_to_json`, checked as a threshold file is (`where` names the store)."""
+    if not isinstance(data, dict) or "score" not in data:
+        raise ThresholdError(f"{where}: a stored threshold must be an object with a score, got {data!r}", where)
+    if set(data) == {"score"}:  # a user's number
+        return check_score_threshold(data["score"], f"{where} (threshold)")
+    data = {k: v for k, v in data.items() if k != "format"}
+    return _threshold_from(data, where)

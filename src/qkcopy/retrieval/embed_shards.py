@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from qkcopy.errors import DataError, DescriptorError, read_json
+from qkcopy.errors import DataError, DescriptorError, FingerprintMismatch, read_json
 from qkcopy.io import atomic_path, atomic_write_json
 from qkcopy.retrieval.descriptors import write_isc_h5, write_npy
 
@@ -206,9 +206,9 @@ def read_descriptors(path: str | Path, fingerprint: str, side: str, dim: int,
                     fingerprint)
     else:
         if meta["fingerprint"] != fingerprint:
-            raise DescriptorError(f"{path} was embedded with model {meta['fingerprint']}, not {fingerprint}; "
-                                  "descriptors of different models are not comparable — embed again with this "
-                                  "model", path)
+            raise FingerprintMismatch(f"{path} was embedded with model {meta['fingerprint']}, not {fingerprint}; "
+                                      "descriptors of different models are not comparable — embed again with this "
+                                      "model", path)
         if meta["side"] != side:
             raise DescriptorError(f"{path} holds {meta['side']} descriptors ({SIDES[meta['side']].upper()} model) "
                                   f"but {side} descriptors ({SIDES[side].upper()} model) are needed here", path)

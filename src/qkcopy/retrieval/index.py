@@ -28,7 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from qkcopy.errors import IndexFileError, read_json
+from qkcopy.errors import FingerprintMismatch, IndexFileError, read_json
 from qkcopy.io import atomic_dir, recover_dir
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ FORMAT = "qkcopy-index/1"
 PQ_BITS = 8  # bits per sub-quantiser code: 2^8 centroids each, so training needs >= 256 vectors
 MIN_POINTS_PER_CELL = 39  # faiss's own k-means warning threshold
 FILES = ("index.faiss", "ids.txt", "meta.json")  # what an index owns in its folder
-
-
-class FingerprintMismatch(ValueError):
-    """Descriptors from one model searched against (or added to) an index built by another."""
 
 
 def _check_vectors(vectors: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qkcopy.errors import DataError, ThresholdError
+from qkcopy.errors import DataError
 from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
 from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
@@ -70,9 +70,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`."""
     index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
     if isinstance(threshold, Threshold):
-        if threshold.fingerprint != trained.fingerprint:
-            raise ThresholdError(f"the threshold was calibrated for model {threshold.fingerprint}, not "
-                                 f"{trained.fingerprint}; run `qkcopy eval` with this model")
+        threshold.check_model(trained.fingerprint)
         if not threshold.target_met:
             log.warning("this threshold did not reach precision %.2f on its benchmark (it had %.3f)",
                         threshold.target_precision, threshold.precision)

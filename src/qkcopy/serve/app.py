@@ -29,6 +29,7 @@ from prometheus_client import (
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve import schemas
 from qkcopy.serve.auth import Forbidden, KeyRing, Unauthorized
 from qkcopy.serve.batcher import NotRunning, Overloaded
@@ -182,7 +183,7 @@ def create_app(service: MatchService, keys: KeyRing, snapshot_interval_s: float 
         t = service.collection.threshold_score
         return schemas.MatchResponse(
             model=service.collection.fingerprint, threshold=t,
-            results=[schemas.ImageResult(image=u.name, is_copy=None if t is None else any(m.is_copy for m in ms),
+            results=[schemas.ImageResult(image=u.name, is_copy=any_copy([m.score for m in ms], t),
                                          matches=[schemas.Match(**vars(m)) for m in ms])
                      for u, ms in zip(uploads, found)])
 

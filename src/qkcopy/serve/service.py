@@ -30,6 +30,7 @@ from qkcopy.collection import Collection, MatchRow, NewRef
 from qkcopy.collection.collection import check_bank
 from qkcopy.collection.describe import Describer, Prepared, sha256, thumbnail
 from qkcopy.data.images import ImageError, decode_image
+from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve.batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class MatchService:
                 self.recent.appendleft(dict(
                     at=time.time(), name=upload.name,
                     thumbnail="data:image/jpeg;base64," + base64.b64encode(upload.thumb).decode(),
-                    is_copy=any(m.is_copy for m in matches) if self.collection.threshold else None,
+                    is_copy=any_copy([m.score for m in matches], self.collection.threshold),
                     matches=[dict(id=m.id, name=m.name, bank=m.bank, metadata=m.metadata, score=m.score,
                                   is_copy=m.is_copy) for m in matches[:5]]))
 
