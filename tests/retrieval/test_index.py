@@ -101,7 +101,7 @@ def test_ivfpq_recovers_near_duplicates_and_needs_enough_training_vectors():
     noisy = refs[:20] + 0.01 * _vectors(20, seed=6)
     _, rows = index.search(noisy, k=1, nprobe=4)
     assert (rows[:, 0] == np.arange(20)).mean() >= 0.9  # approximate codes, near-duplicates still found
-    with pytest.raises(ValueError, match="at least that many references, got 100"):
+    with pytest.raises(ValueError, match=r"IVF-PQ needs at least 256 references .*got 100"):
         build_index(_ids(100), refs[:100], "fp1", kind="ivfpq", nlist=2)
     with pytest.raises(ValueError, match="m dividing the descriptor dim 16"):
         build_index(_ids(600), refs, "fp1", kind="ivfpq", nlist=2, m=5)

@@ -30,7 +30,7 @@ import numpy as np
 from qkcopy.collection.records import Change
 from qkcopy.collection.store import Store
 from qkcopy.io import atomic_dir, recover_dir
-from qkcopy.retrieval.index import INDEX_TYPES, PQ_BITS, default_nlist
+from qkcopy.retrieval.index import default_nlist, new_faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +39,13 @@ MAX_TRAIN = 200_000  # IVF k-means sample
 
 
 def _empty_index(dim: int, kind: str, params: dict, train: np.ndarray | None) -> tuple[faiss.Index, dict]:
-    if kind not in INDEX_TYPES:
-        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
-    if kind == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatL2(dim)), {}
-    n = 0 if train is None else len(train)
-    nlist = min(int(params.get("nlist") or default_nlist(n)), default_nlist(n))
-    if n == 0 or nlist < 1:
-        raise ValueError(f"an {kind} index is trained on the collection's descriptors and needs at least "
-                         f"{39} of them, got {n}; use the flat type")
-    quantizer = faiss.IndexFlatL2(dim)
-    out = dict(nlist=nlist, nprobe=int(params.get("nprobe") or min(nlist, 16)))
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist)
-    else:
-        m = int(params.get("m") or next(c for c in (32, 16, 8, 4, 2, 1) if dim % c == 0))
-        if n < 2 ** PQ_BITS or dim % m:
-            raise ValueError(f"IVF-PQ needs at least {2 ** PQ_BITS} references and m dividing {dim}")
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, PQ_BITS)
-        out["m"] = m
-    index.cp.seed = 0
-    sample = train if n <= MAX_TRAIN else train[np.random.default_rng(0).choice(n, MAX_TRAIN, replace=False)]
-    index.train(np.ascontiguousarray(sample))
-    return index, out
+    """The collection's rule on top of the one builder: its configured nlist is a cap that follows its size."""
+    nlist = None
+    if kind != "flat":
+        n = 0 if train is None else len(train)
+        nlist = min(int(params.get("nlist") or default_nlist(n)), default_nlist(n)) if n else None
+    return new_faiss_index(kind, dim, train, nlist, params.get("m"), params.get("nprobe"), seed=0,
+                           max_train=MAX_TRAIN, with_ids=True)
 
 
 class IndexCache:
