@@ -12,7 +12,7 @@ from photo_pool import digest, picture
 from PIL import Image
 
 from qkcopy.cli import main
-from qkcopy.cli.augment import CELL, LABEL, augment_folder
+from qkcopy.data.query_folder import CELL, LABEL, augment_folder
 from qkcopy.data import augment as aug
 from qkcopy.data.augment import (
     OPS,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from qkcopy.errors import FingerprintMismatch
-from qkcopy.retrieval.index import ReferenceIndex, build_index, check_ids, default_nlist
+from qkcopy.retrieval.faiss_index import default_nlist
+from qkcopy.retrieval.index import ReferenceIndex, build_index, check_ids
 
 
 def _vectors(n, dim=16, seed=0):

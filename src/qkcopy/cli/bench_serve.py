@@ -5,14 +5,9 @@ only; every load loop is bounded. Run it on an otherwise idle machine, one torch
 from __future__ import annotations
 
 import argparse
-import logging
-import multiprocessing
-import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-PARTS = ("model", "index", "store", "real", "service")
+from qkcopy.perf.serve_run import PARTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,76 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import faiss
-    import torch
+    from qkcopy.perf.serve_run import run_serve_bench
 
-    from qkcopy.collection import Collection
-    from qkcopy.collection.describe import Describer, add_files, onnx_sessions
-    from qkcopy.data.images import scan_images
-    from qkcopy.io import atomic_write_json
-    from qkcopy.model.trained import load_trained
-    from qkcopy.perf import serve as bench
-    from qkcopy.retrieval.index import default_nlist
-    from qkcopy.serve.auth import create_key
-
-    torch.set_num_threads(1)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    faiss.omp_set_num_threads(1)
-    trained = load_trained(args.model, "cpu")
-    photos = [p for folder in args.images for p in scan_images(folder)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = dict(threads=1, sizes=args.sizes, model=trained.fingerprint, cpu_count=__import__("os").cpu_count())
-
-    def save():
-        atomic_write_json(args.out / "results.json", results)
-
-    if "model" in args.parts:
-        results["model"] = bench.bench_model(trained, photos[0], args.out / f"onnx-{trained.fingerprint}")
-        print("per image, one thread:", results["model"], flush=True)
-        save()
-    if "real" in args.parts and args.queries:
-        results["real_ivf"] = bench.bench_real_ivf(trained, photos, scan_images(args.queries), args.out, args.threshold)
-        print("IVF recall@10 vs exact, real descriptors:", results["real_ivf"], flush=True)
-        save()
-    for n in args.sizes:
-        nlist = min(args.nlist, default_nlist(n))
-        row = results.setdefault(str(n), {})
-        if "index" in args.parts:
-            row["index"] = bench.bench_index(n, nlist)
-            print(f"N={n} index:", row["index"], flush=True)
-            save()
-        coll_dir = args.out / f"coll-{n}"
-        if "store" in args.parts or "service" in args.parts:
-            shutil.rmtree(coll_dir, ignore_errors=True)
-            row["store"] = _in_child(bench.bench_store, n, coll_dir, trained.fingerprint)
-            print(f"N={n} store:", row["store"], flush=True)
-            save()
-        if "service" in args.parts:
-            with Collection.open(coll_dir) as coll:
-                coll.store.set_settings(dict(model=str(Path(args.model).resolve())))
-                added, _, _ = add_files(coll, Describer(trained), photos[:200], "real", {})
-                key = create_key(coll.store, "bench", ["read", "write"])
-            query = bench.jpeg_512(photos[0])
-            adds = [bench.jpeg_512(p) for p in photos[200:240]]
-            row["service_flat"] = bench.bench_service(coll_dir, key, query, adds)
-            print(f"N={n} service, flat index:", row["service_flat"], flush=True)
-            save()
-            _in_child(bench.reindex, coll_dir, nlist, 16)
-            row["service_ivf"] = bench.bench_service(coll_dir, key, query, [])
-            row["service_ivf"]["nlist"], row["service_ivf"]["nprobe"] = nlist, 16
-            print(f"N={n} service, IVF index:", row["service_ivf"], flush=True)
-            save()
-            onnx_sessions(trained, coll_dir / f"onnx-{trained.fingerprint}", 1)  # export before the timed start
-            row["service_ivf_onnx"] = bench.bench_service(coll_dir, key, query, [], runtime="onnx")
-            print(f"N={n} service, IVF index, onnxruntime:", row["service_ivf_onnx"], flush=True)
-            save()
-            shutil.rmtree(coll_dir, ignore_errors=True)
+    run_serve_bench(args.model, args.images, args.out, args.queries, args.threshold, tuple(args.sizes), args.nlist,
+                    tuple(args.parts))
     print(f"results: {args.out / 'results.json'}")
     return 0
-
-
-def _in_child(fn, *args):
-    """Run `fn(*args)` in a fresh process, so that building N references never weighs on this one, which
-    generates the load (it did not explain the slower lookups at 1M: docs/RESULTS.md)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-INDEX_TYPES = ("flat", "ivf", "ivfpq")  # qkcopy.retrieval.index.INDEX_TYPES (imported lazily: faiss)
+from qkcopy.retrieval.faiss_index import INDEX_TYPES  # faiss itself is loaded only when an index is built
 
 
 def parse_meta(items: list[str] | None) -> dict:

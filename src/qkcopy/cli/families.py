@@ -21,39 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkcopy.data.benchmark import load_benchmark
-    from qkcopy.data.isc_csv import Predictions
+    from qkcopy.evaluation.per_family import family_report
     from qkcopy.io import atomic_write
-    from qkcopy.evaluation.per_family import family_table, per_family_metrics, query_families
 
-    from qkcopy.data.families import FAMILIES
-
-    bench = load_benchmark(args.benchmark)
-    families = query_families(bench)
-    groups = {}
-    for spec in args.group:
-        name, _, members = spec.partition("=")
-        chosen = FAMILIES if members == "all" else tuple(m for m in members.split(",") if m)
-        unknown = sorted(set(chosen) - set(FAMILIES))
-        if not name or not chosen or unknown:
-            raise ValueError(f"--group {spec!r}: expected NAME=FAMILY,FAMILY… with families among {list(FAMILIES)}")
-        groups[name] = chosen
-    results = {}
-    for path in args.predictions:
-        csv = path / "predictions.csv" if path.is_dir() else path
-        if not csv.is_file():
-            raise FileNotFoundError(f"{csv} not found: give a predictions.csv or a folder holding one")
-        folder = path if path.is_dir() else path.parent
-        label = folder.name if folder.name not in results else f"{folder.parent.name}/{folder.name}"
-        results[label] = per_family_metrics(Predictions.from_csv(csv), bench.ground_truth, families, groups)
-    counts = {}
-    for q, fs in families.items():
-        if bench.ground_truth.matches.get(q) is not None:
-            for f in fs:
-                counts[f] = counts.get(f, 0) + 1
-    for name, members in groups.items():
-        counts[name] = sum(1 for q, fs in families.items()
-                           if set(members) & set(fs) and bench.ground_truth.matches.get(q) is not None)
-    table = family_table(results, counts)
+    table = family_report(load_benchmark(args.benchmark), args.predictions, args.group)
     print(table)
     if args.out is not None:
         atomic_write(args.out, table + "\n")

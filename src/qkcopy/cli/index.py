@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-INDEX_TYPES = ("flat", "ivf", "ivfpq")  # qkcopy.index.INDEX_TYPES (imported lazily: faiss)
+from qkcopy.retrieval.faiss_index import INDEX_TYPES  # faiss itself is loaded only when an index is built
 
 from qkcopy.cli import add_embedding_options
 

@@ -30,7 +30,7 @@ import numpy as np
 from qkcopy.collection.records import Change
 from qkcopy.collection.store import Store
 from qkcopy.io import atomic_dir, recover_dir
-from qkcopy.retrieval.index import default_nlist, new_faiss_index
+from qkcopy.retrieval.faiss_index import default_nlist, new_faiss_index
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from qkcopy.collection.store import DB_NAME, Store
 from qkcopy.errors import FingerprintMismatch
 from qkcopy.evaluation.threshold import (Threshold, is_copy, threshold_from_json, threshold_score,
                                          threshold_to_json)
-from qkcopy.retrieval.index import INDEX_TYPES
+from qkcopy.retrieval.faiss_index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from qkcopy.data.benchmark import MANIFEST, Benchmark
-from qkcopy.data.families import family_of_op
+from qkcopy.data.families import FAMILIES, family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.evaluation.metrics import Metrics, isc_metrics
 
@@ -71,3 +71,54 @@ def family_table(results: Mapping[str, Mapping[str, Metrics]], counts: Mapping[s
             cells += ["—", "—"] if got is None else [f"{got.micro_ap:.3f}", f"{got.recall_at_1:.3f}"]
         rows.append(f"| {f} | {counts.get(f, 0)} | " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *rows])
+
+
+def parse_groups(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """`NAME=FAM,FAM` specs (NAME=all: every family) → {name: families}; a bad spec is a ValueError naming it."""
+    groups = {}
+    for spec in specs:
+        name, _, members = spec.partition("=")
+        chosen = FAMILIES if members == "all" else tuple(m for m in members.split(",") if m)
+        unknown = sorted(set(chosen) - set(FAMILIES))
+        if not name or not chosen or unknown:
+            raise ValueError(f"--group {spec!r}: expected NAME=FAMILY,FAMILY… with families among {list(FAMILIES)}")
+        groups[name] = chosen
+    return groups
+
+
+def copies_per_family(benchmark: Benchmark, families: Mapping[str, Sequence[str]],
+                      groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """{family or group: how many of its queries are copies}."""
+    matches = benchmark.ground_truth.matches
+    counts: dict[str, int] = {}
+    for q, fs in families.items():
+        if matches.get(q) is not None:
+            for f in fs:
+                counts[f] = counts.get(f, 0) + 1
+    for name, members in groups.items():
+        counts[name] = sum(1 for q, fs in families.items() if set(members) & set(fs) and matches.get(q) is not None)
+    return counts
+
+
+def family_report(benchmark: Benchmark, runs: Sequence[Path], group_specs: Sequence[str] = ()) -> str:
+    """The markdown table of `qkcopy families`: µAP and recall@1 per family (and group) for each run.
+
+    Args:
+        benchmark: built by `qkcopy make-benchmark` (its manifest names each query's families).
+        runs: predictions.csv files, or folders holding one (a column each, named by the folder).
+        group_specs: `NAME=FAM,FAM` rows over the queries of any of those families.
+    Raises:
+        FileNotFoundError: a run without predictions.csv, or a benchmark without a manifest.
+        ValueError: a bad group spec.
+    """
+    families, groups = query_families(benchmark), parse_groups(group_specs)
+    results: dict[str, dict[str, Metrics]] = {}
+    for path in runs:
+        path = Path(path)
+        csv = path / "predictions.csv" if path.is_dir() else path
+        if not csv.is_file():
+            raise FileNotFoundError(f"{csv} not found: give a predictions.csv or a folder holding one")
+        folder = path if path.is_dir() else path.parent
+        label = folder.name if folder.name not in results else f"{folder.parent.name}/{folder.name}"
+        results[label] = per_family_metrics(Predictions.from_csv(csv), benchmark.ground_truth, families, groups)
+    return family_table(results, copies_per_family(benchmark, families, groups))

@@ -107,7 +107,7 @@ def bench_real_ivf(trained, ref_paths, query_paths, cache: Path, threshold: floa
                    nprobes=(8, 16, 32, 64, 128)) -> dict:
     """IVF vs exact recall@10 on real descriptors (kept in `cache`/real-*.npy for reruns); with a threshold,
     also how often IVF returns the exact top-1 of the queries whose exact top-1 is a copy (score >= it)."""
-    from qkcopy.retrieval.index import default_nlist
+    from qkcopy.retrieval.faiss_index import default_nlist
 
     from qkcopy.io import files_fingerprint
 

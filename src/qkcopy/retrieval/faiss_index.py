@@ -1,0 +1,74 @@
+"""The one faiss index builder: a factory string per index type, trained on the references, used by
+`qkcopy index` (`retrieval.index`) and the collection's cache (`collection.cache`).
+
+Types: "flat" ("Flat": exact squared L2), "ivf" ("IVF{nlist},Flat": inverted lists, `nlist` cells, `nprobe`
+searched), "ivfpq" ("IVF{nlist},PQ{m}x8": inverted lists with product-quantised codes, approximate distances,
+much less memory). IVF types are trained (k-means, seed 0) on the descriptors they are built from.
+
+Letters: N references, E descriptor dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INDEX_TYPES = ("flat", "ivf", "ivfpq")
+PQ_BITS = 8  # bits per sub-quantiser code: 2^8 centroids each, so training needs >= 256 vectors
+MIN_POINTS_PER_CELL = 39  # faiss's own k-means warning threshold
+
+
+def default_nlist(n: int) -> int:
+    """About 4·√N cells, but at least MIN_POINTS_PER_CELL training points per cell."""
+    return max(1, min(int(4 * math.sqrt(n)), n // MIN_POINTS_PER_CELL))
+
+
+def new_faiss_index(kind: str, dim: int, train: np.ndarray | None, nlist: int | None = None, m: int | None = None,
+                    nprobe: int | None = None, seed: int = 0, max_train: int | None = None,
+                    with_ids: bool = False) -> tuple[object, dict]:
+    """The one faiss index builder (`qkcopy index` and the collection's cache), from a factory string.
+
+    Args:
+        kind: "flat" ("Flat"), "ivf" ("IVF{nlist},Flat") or "ivfpq" ("IVF{nlist},PQ{m}x8").
+        dim: descriptor dim E.
+        train: (N, E) float32 descriptors the IVF types are trained on (unused for flat).
+        nlist: IVF cells (default `default_nlist(N)`); must be in 1..N. m: PQ sub-quantisers, dividing E.
+        nprobe: cells probed per query (default min(nlist, 16)). seed: k-means seed.
+        max_train: train IVF on a random sample of at most this many rows (seed `seed`).
+        with_ids: wrap a flat index in IDMap2 so that it holds caller-given int64 ids (IVF holds them natively).
+    Returns:
+        The trained, empty index and its parameters ({} for flat; nlist, nprobe, m).
+    Raises:
+        ValueError: an unknown kind, or sizes the kind cannot be trained with.
+    """
+    import faiss  # here, so that the command line reads INDEX_TYPES without loading faiss
+
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    if kind == "flat":
+        index = faiss.index_factory(dim, "Flat")
+        return (faiss.IndexIDMap2(index) if with_ids else index), {}
+    n = 0 if train is None else len(train)
+    if n == 0:
+        raise ValueError(f"an {kind} index is trained on the reference descriptors and needs at least "
+                         f"{MIN_POINTS_PER_CELL} of them, got 0; use the flat type")
+    nlist = nlist or default_nlist(n)
+    if not 1 <= nlist <= n:
+        raise ValueError(f"nlist must be in 1..{n} (the number of references), got {nlist}")
+    params: dict = dict(nlist=nlist, nprobe=nprobe or max(1, min(nlist, 16)))
+    factory = f"IVF{nlist},Flat"
+    if kind == "ivfpq":
+        m = m or next(c for c in (32, 16, 8, 4, 2, 1) if dim % c == 0)
+        if dim % m:
+            raise ValueError(f"IVF-PQ needs m dividing the descriptor dim {dim}, got m={m}")
+        if n < 2 ** PQ_BITS:
+            raise ValueError(f"IVF-PQ needs at least {2 ** PQ_BITS} references (it trains {2 ** PQ_BITS} codes per "
+                             f"sub-quantiser), got {n}; use the flat or ivf type")
+        factory, params["m"] = f"IVF{nlist},PQ{m}x{PQ_BITS}", m
+    index = faiss.index_factory(dim, factory)
+    faiss.extract_index_ivf(index).cp.seed = seed
+    if max_train is not None and n > max_train:
+        train = train[np.random.default_rng(seed).choice(n, max_train, replace=False)]
+    index.train(np.ascontiguousarray(train))
+    return index, params
