@@ -76,7 +76,6 @@ def _add_images(coll, args) -> None:
     from qkcopy.collection.collection import check_bank
     from qkcopy.collection.describe import Describer, add_files
     from qkcopy.data.images import scan_images
-    from qkcopy.model.trained import load_trained
 
     check_bank(args.bank)
     meta = parse_meta(args.meta)
@@ -84,13 +83,7 @@ def _add_images(coll, args) -> None:
     if missing:
         raise FileNotFoundError(f"no such image file or folder: {missing[0]}")
     paths = [q for p in args.images for q in (scan_images(p) if p.is_dir() else [p])]
-    model = args.model or coll.model_path
-    if model is None:
-        raise ValueError(f"{args.collection} records no model path; pass --model")
-    trained = load_trained(model, args.device)
-    if trained.fingerprint != coll.fingerprint:
-        raise ValueError(f"{model} is model {trained.fingerprint}, but {args.collection} holds references of model "
-                         f"{coll.fingerprint}; use the collection's model ({coll.model_path})")
+    trained = coll.load_model(args.model, args.device)
     added, present, skips = add_files(coll, Describer(trained), paths, args.bank, meta, args.batch)
     skips.report(what="images (not added)")
     print(f"added {added} references to bank {args.bank!r} ({present} already present, {skips.count} unreadable); "

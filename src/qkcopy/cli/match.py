@@ -37,8 +37,7 @@ def _local(args, paths) -> list[dict]:
             except (ImageError, ValueError) as err:
                 results.append(dict(image=path.name, error=str(err)))
                 continue
-            vector = service.describer.describe("query", [upload.prepared])
-            matches = service.collection.search(vector, args.k, args.bank)[0]
+            matches = service.match_now([upload], args.k, args.bank)[0]
             results.append(dict(image=path.name, is_copy=any_copy([m.score for m in matches],
                                                                    service.collection.threshold),
                                 matches=[vars(m) for m in matches]))

@@ -190,6 +190,26 @@ class Collection:
             out["indexed"] = len(self._cache)
         return out
 
+    def load_model(self, model: str | Path | None = None, device: str = "auto"):
+        """The collection's model, or `model`, which must be the pinned one.
+
+        Returns:
+            `qkcopy.model.trained.TrainedModels` on `device`.
+        Raises:
+            ValueError: no model given and none recorded. FingerprintMismatch: another model.
+        """
+        from qkcopy.model.trained import load_trained
+
+        model = model or self.model_path
+        if model is None:
+            raise ValueError(f"{self.root} records no model path; pass --model")
+        trained = load_trained(model, device)
+        if trained.fingerprint != self.fingerprint:
+            raise FingerprintMismatch(f"{model} is model {trained.fingerprint}, but {self.root} holds references of "
+                                      f"model {self.fingerprint}; use the collection's model ({self.model_path}) or "
+                                      "re-embed into a new collection", model)
+        return trained
+
     # --- matching ---
 
     @property

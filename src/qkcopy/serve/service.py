@@ -125,6 +125,18 @@ class MatchService:
             raise ValueError(f"k must be in 1..100, got {k}")
         return self.batcher.submit(_Match(upload.prepared, k, bank))
 
+    def match_now(self, uploads: Sequence[Upload], k: int, bank: str | None) -> list[list[MatchRow]]:
+        """Match on the caller's thread, as one batch of the worker (`qkcopy match` without a server)."""
+        if bank is not None:
+            check_bank(bank)
+        if not 1 <= k <= 100:
+            raise ValueError(f"k must be in 1..100, got {k}")
+        results = self._run([_Match(u.prepared, k, bank) for u in uploads])
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
     def submit_describe(self, upload: Upload) -> Future:
         return self.batcher.submit(_Describe(upload.prepared))
 
@@ -178,20 +190,16 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
     import torch
 
     from qkcopy.collection.describe import RUNTIMES, onnx_sessions
-    from qkcopy.model.trained import load_trained
 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
 
     collection = Collection.open(collection_dir)
-    model = model or collection.model_path
-    if model is None:
-        raise ValueError(f"{collection_dir} records no model path; pass --model")
-    trained = load_trained(model, device)
-    if trained.fingerprint != collection.fingerprint:
+    try:
+        trained = collection.load_model(model, device)
+    except BaseException:
         collection.close()
-        raise ValueError(f"{model} is model {trained.fingerprint}, but {collection_dir} holds references of model "
-                         f"{collection.fingerprint}; serve it with that model or re-embed into a new collection")
+        raise
     sessions = None
     if runtime == "onnx":
         if next(trained.q.parameters()).device.type != "cpu":
