@@ -38,8 +38,16 @@ def _paths(images: Images) -> list[Path]:
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> TrainedModels:
-    """A trained run directory (its latest checkpoint) or one checkpoint inside it: Q, K, gist256
-    (`qkcopy.model.trained.load_trained`). device: "auto", "cpu", "cuda", "cuda:1"…"""
+    """A trained model (`qkcopy.model.trained.load_trained`).
+
+    Args:
+        path: a run directory (its latest checkpoint) or one checkpoint folder inside it.
+        device: "auto", "cpu", "cuda", "cuda:1"…
+    Returns:
+        `TrainedModels`: Q for queries, K for references, gist256, the config and the fingerprint.
+    Raises:
+        FileNotFoundError: not a run directory. CheckpointError, ConfigError: a damaged run (one-line message).
+    """
     from qkcopy.device import resolve_device
     from qkcopy.model.trained import load_trained
 
@@ -48,15 +56,32 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> TrainedModels:
 
 def embed(model: TrainedModels, images: Images, side: str = "query", batch_size: int = 64,
           workers: int = 2) -> Embeddings:
-    """Descriptors (N, 256) float32 of `images` with Q (side "query") or K (side "reference"); ids are file
-    stems; unreadable files are skipped and listed (`TrainedModels.describe`)."""
+    """Descriptors of images (`TrainedModels.describe`).
+
+    Args:
+        model: from `load_model`. images: a folder (scanned recursively) or a list of files.
+        side: "query" (Q) or "reference" (K). batch_size, workers: the loader's.
+    Returns:
+        `Embeddings`: ids (file stems), vectors (N, 256) float32, skipped (unreadable files, also logged).
+    Raises:
+        ValueError: an unknown side.
+    """
     return model.describe(side, _paths(images), batch_size, workers)
 
 
 def build_index(model: TrainedModels, references: str | os.PathLike, out: str | os.PathLike | None = None,
                 kind: str = "flat", batch_size: int = 64, workers: int = 2) -> ReferenceIndex:
-    """A faiss index of a folder of reference images, embedded with K ("flat", "ivf" or "ivfpq");
-    saved to `out` when given (`qkcopy.retrieval.index`)."""
+    """A faiss index of a folder of reference images, described with K (`qkcopy.retrieval.index`).
+
+    Args:
+        model: from `load_model`. references: a folder of images.
+        out: save the index (index.faiss, ids.txt, meta.json) into this new folder.
+        kind: "flat" (exact), "ivf" or "ivfpq" (`retrieval.faiss_index`).
+    Returns:
+        `ReferenceIndex` (ids, the model's fingerprint, the faiss index).
+    Raises:
+        ValueError: no readable image, or sizes the index type cannot be trained with. FileExistsError: `out`.
+    """
     from qkcopy.retrieval.index import build_index as build, index_folder
 
     if out is not None:
@@ -71,8 +96,18 @@ def build_index(model: TrainedModels, references: str | os.PathLike, out: str | 
 def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, images: Images, k: int = 10,
            threshold: Threshold | float | str | os.PathLike | None = None, batch_size: int = 64,
            workers: int = 2) -> CopySearch:
-    """The k nearest references of each image (embedded with Q), each pair labelled copy / not a copy when a
-    threshold is given: a number, or the threshold.json of `qkcopy eval` (`qkcopy.retrieval.search`)."""
+    """The k nearest references of each image, described with Q (`qkcopy.retrieval.search`).
+
+    Args:
+        model: from `load_model`. index: a `ReferenceIndex` or its folder. images: a folder or a list of files.
+        k: references per image. threshold: a score (≤ 0), or a threshold.json of `qkcopy eval` (or its
+            folder); with one, each pair is labelled copy / not a copy (`evaluation.threshold.is_copy`).
+    Returns:
+        `CopySearch`: matches (query, reference, score = −squared L2, is_copy), the queries read, the skipped.
+    Raises:
+        FingerprintMismatch: an index or threshold of another model. ThresholdError: a bad threshold.
+        DataError: none of the images could be read.
+    """
     from qkcopy.evaluation.threshold import load_threshold
     from qkcopy.retrieval.index import ReferenceIndex
     from qkcopy.retrieval.search import find_copies
@@ -86,8 +121,17 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
 
 
 def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: int = 10) -> Metrics:
-    """ISC2021 µAP, recall at precision 0.9 and recall@1 of the model on a benchmark folder (ours or DISC21):
-    Q on its queries, K on its references, exhaustive search (`qkcopy.evaluation.model_eval.evaluate_model`)."""
+    """ISC2021 metrics of the model on a benchmark (`qkcopy.evaluation.model_eval.evaluate_model`): Q on its
+    queries, K on its references, exhaustive search.
+
+    Args:
+        model: from `load_model`. benchmark: a `Benchmark` or a folder (ours or DISC21's layout).
+        k: references kept per query.
+    Returns:
+        `Metrics`: micro_ap, recall_at_p90, recall_at_1, the precision-recall curve.
+    Raises:
+        ValueError: no readable query or reference, or a benchmark folder that cannot be read.
+    """
     from qkcopy.data.benchmark import Benchmark, load_benchmark
     from qkcopy.evaluation.model_eval import evaluate_model
 
@@ -97,9 +141,17 @@ def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, config: str | os.PathLike = "cpu",
           overrides: Sequence[str] = (), resume: bool = False) -> list[dict]:
-    """QK Iteration (or `method=simclr` / `method=moco`) from a preset or YAML file plus key=value overrides.
-    `data`: a benchmark folder (trains on its train/ and evaluates after every phase) or a folder of training
-    images. Returns the evaluation rows (`qkcopy.training.loop.train`)."""
+    """QK Iteration, or `method=simclr` / `method=moco` (`qkcopy.training.loop.train`).
+
+    Args:
+        data: a benchmark folder (trains on its train/ and evaluates after every phase) or a folder of images.
+        out: the run folder. config: a preset name or a YAML file. overrides: `key=value` strings.
+        resume: continue the run in `out` from its last checkpoint.
+    Returns:
+        The evaluation rows (one per phase; empty without a benchmark).
+    Raises:
+        ConfigError: a bad key or value (named). RunDirExists: `out` holds another run. DataError: too few images.
+    """
     from qkcopy.config import load_config
     from qkcopy.data.benchmark import load_benchmark
     from qkcopy.data.images import scan_images
