@@ -20,12 +20,23 @@ import httpx
 
 
 class ApiError(RuntimeError):
+    """An error answer of the service: HTTP `status`, the error's `code` and the server's `message`."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
 
 
 class Client:
+    """The service's HTTP API from Python.
+
+    Args:
+        url: the server, e.g. http://127.0.0.1:8000. key: an API key [env QKCOPY_API_KEY].
+        timeout: seconds per request. retries: how often a 429/503 is retried after its Retry-After.
+    Raises (every call):
+        ApiError: any other error answer (status, code, message). httpx.HTTPError: the server is unreachable.
+    """
+
     def __init__(self, url: str, key: str | None = None, timeout: float = 30.0, retries: int = 3) -> None:
         key = key or os.environ.get("QKCOPY_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -64,20 +75,25 @@ class Client:
         return path.name, path.read_bytes()
 
     def match(self, images: Sequence[str | Path | bytes], k: int = 10, bank: str | None = None) -> dict:
+        """Match image files or bytes: {"model", "threshold", "results": [{"image", "is_copy", "matches"}]}."""
         files = [("images", self._file(im, i)) for i, im in enumerate(images)]
         data = {"k": str(k), **({"bank": bank} if bank else {})}
         return self._call("POST", "/v1/match", files=files, data=data).json()
 
     def add(self, image: str | Path | bytes, bank: str = "default", metadata: dict | None = None,
             name: str | None = None) -> dict:
+        """Add one reference to `bank` with JSON-object `metadata`: {"id", "name", "bank", "created", …}."""
         data = {"bank": bank, "metadata": json.dumps(metadata or {}), **({"name": name} if name else {})}
         return self._call("POST", "/v1/references", files={"image": self._file(image, 0)}, data=data).json()
 
     def get(self, ref_id: int) -> dict:
+        """One reference's record (ApiError 404 when there is none)."""
         return self._call("GET", f"/v1/references/{int(ref_id)}").json()
 
     def remove(self, ref_id: int) -> None:
+        """Remove one reference (ApiError 404 when there is none)."""
         self._call("DELETE", f"/v1/references/{int(ref_id)}")
 
     def stats(self) -> dict:
+        """Counts per bank, the model, the threshold and the index."""
         return self._call("GET", "/v1/stats").json()
