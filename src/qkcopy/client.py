@@ -82,7 +82,8 @@ class Client:
 
     def add(self, image: str | Path | bytes, bank: str = "default", metadata: dict | None = None,
             name: str | None = None) -> dict:
-        """Add one reference to `bank` with JSON-object `metadata`: {"id", "name", "bank", "created", …}."""
+        """Add one reference to `bank` with JSON-object `metadata`: {"id", "existing"} (existing: these exact
+        bytes were already in the bank, nothing added)."""
         data = {"bank": bank, "metadata": json.dumps(metadata or {}), **({"name": name} if name else {})}
         return self._call("POST", "/v1/references", files={"image": self._file(image, 0)}, data=data).json()
 
