@@ -33,7 +33,7 @@ def test_open_writes_config_provenance_and_the_gist_pca(images, tmp_path, one_th
     assert (pca.in_dim, pca.out_dim) == (960, 16) and run.gist256.fingerprint == pca.fingerprint()
     assert run.resume_point() == (0, 0) and run.read_evaluations() == []
     assert run.global_step(1, 2) == 5  # 3 steps a phase
-    assert run.method.name == "qk" and run.queue is None
+    assert run.method.name == "qk" and run.method.extra_state() is None
 
 
 def test_save_then_resume_point(images, tmp_path, one_thread):
@@ -52,7 +52,7 @@ def test_save_then_resume_point(images, tmp_path, one_thread):
 
 def test_moco_runs_carry_a_queue_and_start_k_as_a_copy_of_q(images, tmp_path, one_thread):
     run = Run.open(load_config("cpu", TINY + ["method=moco"]), images, tmp_path / "run", resume=False)
-    assert run.queue is not None and run.queue.keys.shape == (0, 16)
+    assert run.method.queue.keys.shape == (0, 16) and set(run.method.extra_state()) == {"moco_queue"}
     for a, b in zip(run.q.state_dict().values(), run.k.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -68,3 +68,12 @@ def test_evaluations_are_appended_per_segment(images, tmp_path, tiny_benchmark, 
 def _load(root):
     from qkcopy.data.benchmark import load_benchmark
     return load_benchmark(root)
+
+
+def test_moco_queue_is_saved_and_restored_by_its_method(images, tmp_path, one_thread):
+    cfg = load_config("cpu", TINY + ["method=moco"])
+    run = Run.open(cfg, images, tmp_path / "run", resume=False)
+    run.method.queue.push(torch.randn(5, 16))
+    run.save(0, 2, torch.optim.Adam(run.q.head.parameters()))
+    again = Run.open(cfg, images, tmp_path / "run", resume=True)
+    assert torch.equal(again.method.queue.keys, run.method.queue.keys) and again.method.queue.keys.shape == (5, 16)

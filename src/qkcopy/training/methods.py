@@ -95,6 +95,13 @@ class Method:
     def after_step(self, run) -> None:
         """After each optimizer step."""
 
+    def extra_state(self) -> dict[str, torch.Tensor] | None:
+        """Tensors of the method's own state saved with the run's latest checkpoint (MoCo's queue), or None."""
+        return None
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        """Restore what `extra_state` saved, on resume."""
+
 
 class QKColearn(Method):
     name, uses_bank, pairs, sharded = "qk", True, False, True
@@ -156,7 +163,13 @@ class MoCo(Method):
 
     def setup(self, run) -> None:
         run.k.load_state_dict(run.q.state_dict())  # the momentum encoder starts as a copy of Q
-        run.queue = KeyQueue(run.cfg.baseline.moco_queue, run.cfg.model.descriptor_dim, run.device)
+        self.queue = KeyQueue(run.cfg.baseline.moco_queue, run.cfg.model.descriptor_dim, run.device)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"moco_queue": self.queue.keys}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.queue.keys = tensors["moco_queue"].to(device)
 
     def trainable(self, run, side):
         run.q.unfreeze_backbone()
@@ -169,7 +182,7 @@ class MoCo(Method):
             queries = run.q(tensors[0], g256[0])  # (B, E)
             with torch.no_grad():
                 keys = run.k(tensors[2], g256[1])  # (B, E) momentum encoder
-        return moco_loss(queries.float(), keys.float(), run.queue, run.cfg.loss)
+        return moco_loss(queries.float(), keys.float(), self.queue, run.cfg.loss)
 
     def after_step(self, run) -> None:
         momentum_update(run.k, run.q, run.cfg.baseline.moco_momentum)

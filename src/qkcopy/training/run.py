@@ -37,7 +37,7 @@ from qkcopy.model.gist256 import Gist256, fit_gist256
 from qkcopy.model.pca import PCA
 from qkcopy.model.trained import TrainedModels
 from qkcopy.evaluation.model_eval import evaluate_model
-from qkcopy.training.methods import KeyQueue, Method, get_method
+from qkcopy.training.methods import Method, get_method
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,6 @@ class Run:
     data_hash: str
     method: Method
     dist: Dist = dataclasses.field(default_factory=Dist)
-    queue: KeyQueue | None = None
     tensorboard: object | None = None
 
     @property
@@ -189,8 +188,8 @@ class Run:
         method.setup(run)
         if resume:
             ckpt.load_weights(run.latest, {"q": run.q, "k": run.k})
-            if run.queue is not None:
-                run.queue.keys = ckpt.load_extra(run.latest)["moco_queue"].to(device)
+            if method.extra_state() is not None:
+                method.load_extra_state(ckpt.load_extra(run.latest), device)
             if dist.is_main:  # steps after the checkpoint were logged by the killed process: they run again
                 done = run.global_step(*run.resume_point())
                 _trim_jsonl(run_dir / "train_log.jsonl", lambda row: row.get("global_step", 0) < done)
@@ -231,7 +230,7 @@ class Run:
                      phase_done=next_step >= phase_steps(self.cfg.schedule, len(self.paths),
                                                          self.cfg.data.batch_size))
         models = {"q": self.q, "k": self.k}
-        extra = {"moco_queue": self.queue.keys} if self.queue is not None else None
+        extra = self.method.extra_state()
         ckpt.save_checkpoint(self.latest, models, state, optimizer, extra)
         if tag is not None:
             ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, state)
