@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[hashes,dev]'
+	$(VENV)/bin/pip install --quiet -e '.[hashes,milvus,dev]'
 	touch $(STAMP)
 
 .PHONY: install demo test test-kernels

@@ -8,6 +8,7 @@ from qkcopy.collection.store import DB_NAME, Store, StoreError
 from qkcopy.errors import FingerprintMismatch
 
 E = 8
+STORES = ["faiss", "milvus-lite"]  # the vector-store seam: every test on `coll` or `store` runs on both
 
 
 def _refs(n, seed=0, bank="default", prefix="r"):
@@ -21,9 +22,14 @@ def _brute(refs_by_id, q, k):
     return ids[:k]
 
 
+@pytest.fixture(params=STORES)
+def store(request):
+    return request.param
+
+
 @pytest.fixture
-def coll(tmp_path):
-    c = Collection.create(tmp_path / "c", "fp0", E, threshold=-1.0)
+def coll(tmp_path, store):
+    c = Collection.create(tmp_path / "c", "fp0", E, threshold=-1.0, vectors=store)
     yield c
     c.close()
 
@@ -71,15 +77,18 @@ def test_bank_filter_only_returns_that_bank(coll):
     by_id = {a.id: r.vector for a, r in zip(b, _refs(20, seed=1, bank="b", prefix="b"))}
     assert [m.id for m in rows[0]] == _brute(by_id, q[0], 7)
     assert coll.search(q, k=3, bank="nope") == [[], [], [], []]
+    odd = coll.add(_refs(2, seed=3, bank='q"u\\o te', prefix="o"))  # quotes and a backslash in a bank name
+    assert [m.id for m in coll.search(q, k=5, bank='q"u\\o te')[0]] == sorted(
+        (a.id for a in odd), key=lambda i: [m.id for m in coll.search(q, k=50)[0]].index(i))
     with pytest.raises(ValueError, match="bank name"):
         coll.search(q, bank="")
     with pytest.raises(ValueError, match="k must be"):
         coll.search(q, k=0)
 
 
-def test_snapshot_then_changes_are_replayed_on_reopen(tmp_path):
+def test_snapshot_then_changes_are_replayed_on_reopen(tmp_path, store):
     root = tmp_path / "c"
-    with Collection.create(root, "fp0", E) as c:
+    with Collection.create(root, "fp0", E, vectors=store) as c:
         c.add(_refs(30))
         c.search(np.zeros((1, E), np.float32))  # load the index
         assert c.snapshot() == 30
@@ -103,9 +112,9 @@ def test_a_corrupt_or_foreign_snapshot_is_rebuilt_from_the_database(tmp_path):
         assert c.check()["consistent"] and len(c.index()) == 10
 
 
-def test_two_handles_share_one_collection_and_a_cut_log_forces_a_rebuild(tmp_path):
+def test_two_handles_share_one_collection_and_a_cut_log_forces_a_rebuild(tmp_path, store):
     root = tmp_path / "c"
-    server = Collection.create(root, "fp0", E)
+    server = Collection.create(root, "fp0", E, vectors=store)
     server.add(_refs(5))
     assert len(server.index()) == 5
     writer = Collection.open(root)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from qkcopy.collection import Collection
 
@@ -36,9 +37,10 @@ def _run_and_kill(root: Path, seed: int, after_lines: int) -> list[str]:
     return lines
 
 
-def test_kill_9_loses_nothing_acknowledged_and_index_equals_database(tmp_path):
+@pytest.mark.parametrize("store", ["faiss", "milvus-lite"])
+def test_kill_9_loses_nothing_acknowledged_and_index_equals_database(tmp_path, store):
     root = tmp_path / "c"
-    Collection.create(root, "fp-crash", 256).close()
+    Collection.create(root, "fp-crash", 256, vectors=store).close()
     present, removed, uncertain = set(), set(), set()
     snapshots = 0
     history = []

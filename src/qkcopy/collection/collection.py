@@ -1,6 +1,7 @@
 """A persistent reference collection: create, open, add, remove, list, stats and match.
 
-The folder holds the database (store.py, the truth) and the index snapshot (cache.py, a cache). The model
+The folder holds the database (store.py, the truth) and the vector store (vector_store.py): a faiss index
+snapshot (cache.py, a cache) or a Milvus collection (milvus.py). The model
 that describes the references (its fingerprint, the run it was loaded from) and the copy threshold are pinned
 when the collection is created: opening it with another model is refused, since descriptors of different
 models are not comparable. References are described with K; queries with Q (see describe.py).
@@ -25,6 +26,7 @@ import numpy as np
 from qkcopy.collection.cache import IndexCache, StaleCache
 from qkcopy.collection.records import Added, NewRef, Ref
 from qkcopy.collection.store import DB_NAME, Store
+from qkcopy.collection.vector_store import VectorIndex, check_store, is_milvus, milvus_uri, new_milvus_name
 from qkcopy.errors import FingerprintMismatch
 from qkcopy.evaluation.threshold import (Threshold, is_copy, threshold_from_json, threshold_score,
                                          threshold_to_json)
@@ -67,7 +69,9 @@ class Collection:
         self.threshold: Threshold | float | None = None if stored is None else threshold_from_json(stored, root)
         self.kind: str = s.get("index", "flat")
         self.params: dict = s.get("index_params", {})
-        self._cache: IndexCache | None = None
+        self.store_spec: str = s.get("store", "faiss")
+        self.milvus_name: str | None = s.get("milvus_collection")
+        self._cache: VectorIndex | None = None
         self._cache_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
 
@@ -75,8 +79,10 @@ class Collection:
 
     @classmethod
     def create(cls, root: str | Path, fingerprint: str, dim: int, model: str | Path | None = None,
-               threshold: Threshold | float | None = None) -> Collection:
+               threshold: Threshold | float | None = None, vectors: str = "faiss") -> Collection:
+        """A new collection in `root`; `vectors`: where they live, "faiss", "milvus-lite" or "milvus://host:port"."""
         root = Path(root)
+        check_store(vectors)
         if (root / DB_NAME).exists():
             raise FileExistsError(f"{root} already holds a collection; add to it with `qkcopy collection add`")
         if isinstance(threshold, Threshold):
@@ -85,7 +91,8 @@ class Collection:
         root.mkdir(parents=True, exist_ok=True)
         store = Store(root / DB_NAME, create=True)
         store.set_settings(dict(format=FORMAT, fingerprint=fingerprint, dim=int(dim), threshold=pinned,
-                                model=str(Path(model).resolve()) if model else None, index="flat", index_params={}))
+                                model=str(Path(model).resolve()) if model else None, index="flat", index_params={},
+                                store=vectors, milvus_collection=new_milvus_name() if is_milvus(vectors) else None))
         log.info("created collection %s for model %s", root, fingerprint)
         return cls(root, store)
 
@@ -105,7 +112,13 @@ class Collection:
         return coll
 
     def close(self) -> None:
+        if self._cache is not None and self.milvus:
+            self._cache.close()
         self.store.close()
+
+    @property
+    def milvus(self) -> bool:
+        return is_milvus(self.store_spec)
 
     def __enter__(self) -> Collection:
         return self
@@ -115,9 +128,14 @@ class Collection:
 
     # --- the index cache ---
 
-    def index(self) -> IndexCache:
+    def index(self) -> VectorIndex:
         """The index, loaded (snapshot + catch-up, or a rebuild) on first use and kept up with the database."""
         with self._cache_lock:
+            if self._cache is None and self.milvus:
+                from qkcopy.collection.milvus import MilvusIndex
+
+                self._cache = MilvusIndex.open(self.store, milvus_uri(self.store_spec, self.root), self.milvus_name,
+                                               self.dim)
             if self._cache is None:
                 self._cache = IndexCache.open(self.store, self.root / CACHE_DIR, self.fingerprint, self.dim,
                                               self.kind, self.params)
@@ -133,6 +151,8 @@ class Collection:
         """Write the index snapshot, then drop the change log it holds. Returns the snapshot's change seq."""
         with self._snapshot_lock:  # one writer of cache/ per process (the periodic one and the one at shutdown)
             seq = self.index().snapshot(self.root / CACHE_DIR, self.fingerprint)
+            if self.milvus:
+                self.store.set_settings(dict(milvus_seq=seq))  # Milvus flushed up to seq: replay starts there
             self.store.truncate_changes(seq)
         return seq
 
@@ -140,6 +160,9 @@ class Collection:
         """Rebuild the index as `kind` (IVF types trained on the current references) and pin that type."""
         if kind not in INDEX_TYPES:
             raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+        if self.milvus:
+            raise ValueError(f"{self.root} keeps its vectors in Milvus ({self.store_spec}), whose index is exact "
+                             "(FLAT); reindex applies to the faiss store only")
         params = {k: v for k, v in dict(nlist=nlist, nprobe=nprobe, m=m).items() if v}
         cache = IndexCache.build(self.store, self.dim, kind, params)
         self.store.set_settings(dict(index=kind, index_params=cache.params))
@@ -165,13 +188,13 @@ class Collection:
         for r in refs:
             check_bank(r.bank)
         added = self.store.add(refs, self.dim)
-        if self._cache is not None:
-            self.index()  # replay the new changes into the loaded index
+        if self._cache is not None or self.milvus:
+            self.index()  # replay the new changes into the index (Milvus: before the write is acknowledged)
         return added
 
     def remove(self, ids: Sequence[int]) -> list[int]:
         gone = self.store.remove(ids)
-        if self._cache is not None:
+        if self._cache is not None or self.milvus:
             self.index()
         return gone
 
@@ -184,7 +207,7 @@ class Collection:
     def stats(self) -> dict:
         banks = self.store.counts()
         out = dict(references=sum(banks.values()), banks=banks, model=self.fingerprint, model_path=self.model_path,
-                   dim=self.dim, index=self.kind, index_params=self.params,
+                   dim=self.dim, store=self.store_spec, index=self.kind, index_params=self.params,
                    threshold=self.threshold_score)
         if self._cache is not None:
             out["indexed"] = len(self._cache)
