@@ -1,5 +1,5 @@
-"""`qkcopy collection`: a persistent reference collection (SQLite + a faiss cache) for `qkcopy serve` and
-`qkcopy match`: create, add, remove, list, stats, snapshot, reindex, and the service's API keys."""
+"""`qkcopy collection`: a persistent reference collection (SQLite + a faiss cache, or SQLite + Milvus) for
+`qkcopy serve` and `qkcopy match`: create, add, import, remove, list, stats, snapshot, reindex, API keys."""
 
 from __future__ import annotations
 
@@ -50,7 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--calibrate", type=Path, metavar="BENCHMARK",
                      help="calibrate the threshold on this benchmark now (as `qkcopy eval`; the calibration is "
                           "kept in COLLECTION/calibration)")
+    q.add_argument("--store", default="faiss", metavar="STORE",
+                   help="where the vectors live: faiss (embedded), milvus-lite (Milvus in-process, "
+                        "COLLECTION/milvus.db) or milvus://HOST:PORT (a Milvus server) [faiss]")
     add_options(action("add", "add reference images (exact re-adds are recognised)", _add), False)
+    q = action("import", "import reference descriptors written by `qkcopy embed` (resumable; index built once)",
+               _import)
+    q.add_argument("descriptors", nargs="+", type=Path, help="PREFIX.h5 or PREFIX.npy files of `qkcopy embed`")
+    q.add_argument("--bank", default="default", help="bank the references go into [default]")
+    q.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata for every reference imported")
     q = action("remove", "remove references by id", _remove)
     q.add_argument("ids", nargs="+", type=int, help="reference ids")
     q = action("list", "list references (JSON lines)", _list)
@@ -98,6 +106,9 @@ def _create(args) -> int:
     trained = load_trained(args.model, args.device)
     if (args.collection / "collection.db").exists():
         raise FileExistsError(f"{args.collection} already holds a collection; add to it with `qkcopy collection add`")
+    from qkcopy.collection.vector_store import check_store
+
+    check_store(args.store)  # before any calibration work
     threshold = load_threshold(args.threshold, trained.fingerprint) if args.threshold else None
     if args.calibrate:
         from qkcopy.data.benchmark import load_benchmark
@@ -108,7 +119,7 @@ def _create(args) -> int:
         print(f"calibrated on {args.calibrate}: µAP {cal.metrics.micro_ap:.3f}; threshold {threshold.score:.4g} "
               f"(precision {threshold.precision:.3f}, recall {threshold.recall:.3f})")
     with Collection.create(args.collection, trained.fingerprint, trained.cfg.model.descriptor_dim, args.model,
-                           threshold) as coll:
+                           threshold, args.store) as coll:
         print(f"collection {args.collection}: model {coll.fingerprint}, threshold "
               f"{'none (matches are ranked, not labelled)' if threshold is None else coll.threshold_score}")
         if args.images:
@@ -121,6 +132,18 @@ def _add(args) -> int:
 
     with Collection.open(args.collection) as coll:
         _add_images(coll, args)
+    return 0
+
+
+def _import(args) -> int:
+    from qkcopy.collection import Collection
+    from qkcopy.collection.ingest import import_descriptors
+
+    meta = parse_meta(args.meta)
+    with Collection.open(args.collection) as coll:
+        done = import_descriptors(coll, args.descriptors, args.bank, meta)
+        print(f"imported {done.added} references into bank {args.bank!r} from {done.files} files ({done.present} "
+              f"already present); collection now holds {coll.stats()['references']}")
     return 0
 
 

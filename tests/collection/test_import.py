@@ -1,0 +1,51 @@
+"""`qkcopy collection import`: an `embed` output reaches the same search results as `add` of the same images,
+on both vector stores; a rerun is a no-op; another model's or the query side's descriptors are refused."""
+
+import numpy as np
+import pytest
+
+from qkcopy.cli import main
+from qkcopy.collection import Collection
+from qkcopy.retrieval.descriptors import read_isc_h5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = ["--device", "cpu"]
+
+
+@pytest.mark.parametrize("store", ["faiss", "milvus-lite"])
+def test_import_of_embed_output_equals_add_of_the_images(tiny_run, other_tiny_run, tiny_benchmark, tmp_path,
+                                                         capsys, store):
+    refs = tiny_benchmark / "references"
+    added, imported = tmp_path / "added", tmp_path / "imported"
+    assert main(["collection", "create", str(added), "--model", str(tiny_run), "--add", str(refs), *CPU]) == 0
+    assert main(["collection", "create", str(imported), "--model", str(tiny_run), "--store", store, *CPU]) == 0
+    assert main(["embed", "--model", str(tiny_run), "--images", str(refs), "--side", "reference",
+                 "--out", str(tmp_path / "emb" / "refs"), "--shard-size", "5", *CPU]) == 0
+    capsys.readouterr()
+    assert main(["collection", "import", str(imported), str(tmp_path / "emb" / "refs.h5"), "--meta", "src=embed"]) == 0
+    assert "imported 12 references into bank 'default' from 1 files (0 already present)" in capsys.readouterr().out
+    assert main(["collection", "import", str(imported), str(tmp_path / "emb" / "refs.npy")]) == 0  # resumed: no-op
+    assert "imported 0 references into bank 'default' from 1 files (12 already present)" in capsys.readouterr().out
+
+    _, vectors = read_isc_h5(tmp_path / "emb" / "refs.h5")
+    queries = vectors + np.random.default_rng(0).normal(scale=0.05, size=vectors.shape).astype(np.float32)
+    with Collection.open(added) as a, Collection.open(imported) as b:
+        assert b.stats()["store"] == store and b.check()["consistent"]
+        want, got = a.search(queries, k=5), b.search(queries, k=5)
+        for row_a, row_b in zip(want, got):
+            assert [m.name.rsplit(".", 1)[0] for m in row_a] == [m.name for m in row_b]
+            np.testing.assert_allclose([m.score for m in row_b], [m.score for m in row_a], rtol=1e-4, atol=1e-6)
+        assert got[0][0].metadata == {"src": "embed"}
+
+    other = tmp_path / "other"
+    assert main(["embed", "--model", str(other_tiny_run), "--images", str(refs), "--side", "reference",
+                 "--out", str(other), *CPU]) == 0
+    assert main(["embed", "--model", str(tiny_run), "--images", str(refs), "--side", "query",
+                 "--out", str(tmp_path / "q"), *CPU]) == 0
+    capsys.readouterr()
+    assert main(["collection", "import", str(imported), str(tmp_path / "emb" / "refs.h5"), f"{other}.h5"]) == 2
+    assert "embedded with model" in capsys.readouterr().err
+    assert main(["collection", "import", str(imported), str(tmp_path / "q.h5")]) == 2
+    assert "holds query descriptors" in capsys.readouterr().err
+    with Collection.open(imported) as b:
+        assert b.stats()["references"] == 12  # the refused imports wrote nothing
