@@ -64,8 +64,14 @@ def collection_template(tmp_path_factory, trained, tiny_run, pictures) -> tuple[
 
 
 @pytest.fixture
-def collection_dir(collection_template, tmp_path) -> Path:
+def collection_dir(collection_template, tmp_path, request) -> Path:
+    """A copy of the template; `parametrize("collection_dir", ["milvus-lite"], indirect=True)` moves its
+    vectors to that store (same rows, ids and keys)."""
     shutil.copytree(collection_template[0], tmp_path / "c")
+    store = getattr(request, "param", "faiss")
+    if store != "faiss":
+        with Collection.open(tmp_path / "c") as coll:
+            assert coll.move_vectors(store) == 12
     return tmp_path / "c"
 
 

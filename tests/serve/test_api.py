@@ -12,6 +12,7 @@ from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing
 from qkcopy.serve.service import Limits, open_service
 
+STORES = ["faiss", "milvus-lite"]  # the API is the same on both vector stores
 pytestmark = pytest.mark.usefixtures("one_thread")
 LIMITS = Limits(max_upload_bytes=300_000, max_pixels=4_000_000, max_images=4, timeout_s=20)
 
@@ -33,6 +34,7 @@ def jpeg(path) -> tuple:
     return (path.name, path.read_bytes(), "image/jpeg")
 
 
+@pytest.mark.parametrize("collection_dir", STORES, indirect=True)
 def test_match_finds_the_reference_of_an_edited_copy_and_says_copy(api, keys, pictures):
     files = [("images", jpeg(pictures["copies"][1])), ("images", jpeg(pictures["others"][0]))]
     r = api.post("/v1/match", files=files, data={"k": "3"}, headers=h(keys["read"]))
@@ -51,6 +53,7 @@ def test_match_finds_the_reference_of_an_edited_copy_and_says_copy(api, keys, pi
     assert recent[1]["thumbnail"].startswith("data:image/jpeg;base64,")
 
 
+@pytest.mark.parametrize("collection_dir", STORES, indirect=True)
 def test_add_get_thumbnail_readd_delete_and_bank_filter(api, keys, pictures):
     w, r = h(keys["read+write"]), h(keys["read"])
     new = pictures["others"][1]
@@ -180,6 +183,7 @@ def test_bad_reference_requests(api, keys, pictures, case, status, needle):
     assert api.service.collection.stats()["references"] == 12
 
 
+@pytest.mark.parametrize("collection_dir", STORES, indirect=True)
 def test_bad_lookups(api, keys):
     r, w = h(keys["read"]), h(keys["write"])
     assert api.get("/v1/references/abc", headers=r).status_code == 422

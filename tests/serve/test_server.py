@@ -19,6 +19,8 @@ from qkcopy.cli import main
 from qkcopy.client import ApiError, Client
 from qkcopy.collection import Collection
 
+STORES = ["faiss", "milvus-lite"]  # the service is the same on both vector stores
+
 
 def _start(collection, port, log):
     env = {**os.environ, "QKCOPY_PORT": str(port), "OMP_NUM_THREADS": "1"}
@@ -42,6 +44,7 @@ def _start(collection, port, log):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("collection_dir", STORES, indirect=True)
 def test_kill_9_mid_burst_then_restart_keeps_every_acknowledged_reference(collection_dir, keys, tmp_path, capsys):
     images = draw_images(tmp_path / "burst", 40, seed=30, prefix="burst")
     port, url = free_port(), None

@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("descriptors", nargs="+", type=Path, help="PREFIX.h5 or PREFIX.npy files of `qkcopy embed`")
     q.add_argument("--bank", default="default", help="bank the references go into [default]")
     q.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata for every reference imported")
+    q = action("move", "keep the vectors in another store (faiss, milvus-lite, milvus://HOST:PORT), built from "
+               "the database", _move)
+    q.add_argument("--store", required=True, metavar="STORE", help="faiss, milvus-lite or milvus://HOST:PORT")
     q = action("remove", "remove references by id", _remove)
     q.add_argument("ids", nargs="+", type=int, help="reference ids")
     q = action("list", "list references (JSON lines)", _list)
@@ -144,6 +147,15 @@ def _import(args) -> int:
         done = import_descriptors(coll, args.descriptors, args.bank, meta)
         print(f"imported {done.added} references into bank {args.bank!r} from {done.files} files ({done.present} "
               f"already present); collection now holds {coll.stats()['references']}")
+    return 0
+
+
+def _move(args) -> int:
+    from qkcopy.collection import Collection
+
+    with Collection.open(args.collection) as coll:
+        n = coll.move_vectors(args.store)
+    print(f"{args.collection}: {n} references now searched in {args.store}")
     return 0
 
 

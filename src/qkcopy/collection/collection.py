@@ -171,6 +171,20 @@ class Collection:
             self._cache = cache
         self.snapshot()
 
+    def move_vectors(self, vectors: str) -> int:
+        """Keep the vectors in another store ("faiss", "milvus-lite", "milvus://host:port"), built from the
+        database, which holds every row; returns how many references the new store holds."""
+        check_store(vectors)
+        with self._cache_lock:
+            if self._cache is not None and self.milvus:
+                self._cache.close()
+            self._cache = None
+            self.store.set_settings(dict(store=vectors, milvus_seq=0,
+                                         milvus_collection=new_milvus_name() if is_milvus(vectors) else None))
+            self.store_spec, self.milvus_name = vectors, self.store.settings()["milvus_collection"]
+        self.snapshot()  # builds the new store, then records how far it holds the change log
+        return len(self.index())
+
     def check(self) -> dict:
         """Index == database? {'database': n, 'index': n, 'missing': [...], 'extra': [...]}: ids, first 10."""
         cache = self.index()
