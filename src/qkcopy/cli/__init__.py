@@ -18,7 +18,7 @@ from qkcopy.errors import one_line
 
 # One entry per subcommand module in qkcopy.cli; add yours here.
 COMMANDS: tuple[str, ...] = ('augment', 'make_benchmark', 'baseline', 'train', 'embed', 'index', 'search', 'eval', 'export', 'bench', 'demo',
-                             'collection', 'serve', 'match', 'dedup', 'bench_serve', 'families')
+                             'collection', 'serve', 'match', 'dedup', 'bench_serve', 'bench_stores', 'families')
 
 
 def count(minimum: int):
