@@ -1,5 +1,6 @@
 """`qkcopy collection import`: an `embed` output reaches the same search results as `add` of the same images,
-on both vector stores; a rerun is a no-op; another model's or the query side's descriptors are refused."""
+on both vector stores; a rerun is a no-op; another model's or the query side's descriptors are refused;
+`collection move` to the other store keeps every answer."""
 
 import numpy as np
 import pytest
@@ -49,3 +50,15 @@ def test_import_of_embed_output_equals_add_of_the_images(tiny_run, other_tiny_ru
     assert "holds query descriptors" in capsys.readouterr().err
     with Collection.open(imported) as b:
         assert b.stats()["references"] == 12  # the refused imports wrote nothing
+
+    moved = "faiss" if store != "faiss" else "milvus-lite"  # `collection move`: the other store, same answers
+    assert main(["collection", "move", str(imported), "--store", moved]) == 0
+    assert f"12 references now searched in {moved}" in capsys.readouterr().out
+    with Collection.open(imported) as b:
+        assert b.stats()["store"] == moved and b.check()["consistent"]
+        again = b.search(queries, k=5)
+        assert [[m.id for m in r] for r in again] == [[m.id for m in r] for r in got]
+        np.testing.assert_allclose([[m.score for m in r] for r in again], [[m.score for m in r] for r in got],
+                                   rtol=1e-4, atol=1e-6)  # two engines' float32 distances
+    assert main(["collection", "move", str(imported), "--store", "milvus://nohost"]) == 2
+    assert "--store must be one of" in capsys.readouterr().err
