@@ -63,14 +63,14 @@ def brute_force(head, bank, q, positive_rows, k):
 
 @pytest.mark.parametrize("feature_norm", [False, True])
 @pytest.mark.parametrize("chunk", CHUNKINGS)
-def test_bounds_cover_float32_rounding(feature_norm, chunk):
+def test_bounds_cover_the_mining_arithmetic(feature_norm, chunk):
     head, bank, q, _ = problem(1, feature_norm, scale=3.0)  # a large scale: the head's rounding matters
     bound = HeadBound(head, q.device)
     rows = bank.float()
     c_all = []
     for s in range(0, N, chunk):
         keys, key_error, _, _ = bound.keys(rows[s:s + chunk, :D], rows[s:s + chunk, D:])
-        d2 = squared_distances(q, keys)  # (B, C)
+        d2 = squared_distances(q.double(), keys, torch.float64)  # (B, C), as the mining pass computes it
         eps = bound.pair_error(q.norm(dim=1), keys, key_error, d2)
         c = reference_distances(head, rows[s:s + chunk, :D].repeat(B, 1), rows[s:s + chunk, D:].repeat(B, 1),
                                 q.repeat_interleave(keys.shape[0], 0)).view(B, -1)
@@ -154,3 +154,29 @@ def test_gemm_unit_follows_matmul_precision():
         assert gemm_unit(torch.device("cpu")) == 2.0 ** -8
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_bounds_are_tight_on_a_real_sized_pca_initialised_head():
+    """The shipped head's sizes (D 1280, H 1024, E 256) and its PCA start (‖W1‖_F in the hundreds): the bound
+    must leave no pair open on a bank without duplicates (a vacuous bound makes every pair open, and the
+    reference pass then costs seconds per step), and only the duplicates' pairs open when there are some."""
+    from qkcopy.model.descriptor import init_heads_from_pca
+
+    d, e, n, b, m = 1280, 256, 1500, 32, 10
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(n, d, generator=g) * torch.linspace(0.1, 0.003, d)  # small, decaying: as CNN features
+    g256 = torch.nn.functional.normalize(torch.randn(n, e, generator=g), dim=1)
+    head = Head(d, e, 1024)
+    init_heads_from_pca([head], feat, g256, 0.5)
+    assert head.ffn[0].weight.norm() > 100
+    bank = torch.cat([feat, g256], 1).half()
+    bank[n - 1] = bank[7]  # one duplicate pair
+    positive_rows = torch.arange(b) * 40
+    with torch.no_grad():
+        q = head(bank[positive_rows, :d].float(), bank[positive_rows, d:].float())
+        q = q + 0.05 * torch.randn(q.shape, generator=g)
+    k = b * m
+    found = mine_hard_negatives(q, head, BankShard(bank, 0, d, 512).chunks(), d, positive_rows, k)
+    assert float(found.errors.max()) < 1e-6 * float(found.values.min() + 1)
+    _, _, n_open = choose_pairs(found.values, found.errors, found.batch_index, found.rows, k, None)
+    assert found.values.numel() <= k + 2 and n_open <= 2

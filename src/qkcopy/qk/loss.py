@@ -28,13 +28,13 @@ class LossParts:
     neg: torch.Tensor  # () float32
 
 
-def squared_distances(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """All-pairs squared L2, (B, E) × (C, E) → (B, C) float32, by the GEMM expansion (for selection)."""
+def squared_distances(q: torch.Tensor, k: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """All-pairs squared L2, (B, E) × (C, E) → (B, C) in `dtype`, by the GEMM expansion (for selection)."""
     if q.ndim != 2 or k.ndim != 2 or q.shape[1] != k.shape[1]:
         raise ValueError(f"expected q (B, E) and k (C, E) with equal E, got {tuple(q.shape)} and {tuple(k.shape)}")
-    q, k = q.float(), k.float()
+    q, k = q.to(dtype), k.to(dtype)
     d2 = (q * q).sum(1, keepdim=True) + (k * k).sum(1)[None, :] - 2.0 * torch.einsum("be,ce->bc", q, k)
-    return d2.clamp_min_(0.0)  # (B, C) float32
+    return d2.clamp_min_(0.0)  # (B, C)
 
 
 def qk_loss(d2_pos: torch.Tensor, d2_neg: torch.Tensor, cfg: LossConfig) -> LossParts:
@@ -73,13 +73,13 @@ class HardNegativeMiner:
         self.k = k
         self.positive_rows = positive_rows  # (B,) int64 bank row of each item's positive
         device = positive_rows.device
-        self.values = torch.empty(0, device=device)  # (P,) float32 computed distances d
-        self.errors = torch.empty(0, device=device)  # (P,) float32 bounds ε on their rounding (0: unbounded)
+        self.values = torch.empty(0, device=device)  # (P,) computed distances d, in the chunks' dtype
+        self.errors = torch.empty(0, device=device)  # (P,) bounds ε on their rounding (0: unbounded)
         self.batch_index = torch.empty(0, dtype=torch.long, device=device)  # (P,)
         self.rows = torch.empty(0, dtype=torch.long, device=device)  # (P,) global bank rows
 
     def update(self, d2: torch.Tensor, row_offset: int, errors: torch.Tensor | None = None) -> None:
-        """Add a chunk of distances d2 (B, C) float32 whose columns are bank rows row_offset … row_offset+C−1,
+        """Add a chunk of distances d2 (B, C) (float32, or float64 when certified) whose columns are bank rows row_offset … row_offset+C−1,
         with optional bounds (B, C) on their rounding."""
         b_count, c_count = d2.shape
         if b_count != self.positive_rows.numel():
@@ -104,14 +104,16 @@ class HardNegativeMiner:
                row_offset: int) -> None:
         """Keep the pairs of the kept ones and d2 (B, C) (positives already inf) with d − ε ≤ U."""
         c_count = d2.shape[1]
-        flat = d2.reshape(-1)  # (B·C,)
-        err = torch.zeros_like(flat) if errors is None else errors.reshape(-1).to(flat.dtype)  # (B·C,)
+        dtype = torch.promote_types(self.values.dtype, d2.dtype)  # float64 from a certified pass
+        flat = d2.reshape(-1).to(dtype)  # (B·C,)
+        err = torch.zeros_like(flat) if errors is None else errors.reshape(-1).to(dtype)  # (B·C,)
         upper = flat + err
         best = torch.topk(upper, min(self.k, flat.numel()), largest=False, sorted=False).values
         pool = torch.cat([self.values + self.errors, best])
         bound = pool.kthvalue(self.k).values if pool.numel() >= self.k else pool.new_tensor(float("inf"))
         flat_index = ((flat - err <= bound) & torch.isfinite(flat)).nonzero().squeeze(1)  # (P_new,)
         keep = self.values - self.errors <= bound  # the kept pairs U rules out now
+        self.values, self.errors = self.values.to(dtype), self.errors.to(dtype)
         columns = flat_index % c_count
         self.values = torch.cat([self.values[keep], flat[flat_index]])
         self.errors = torch.cat([self.errors[keep], err[flat_index]])

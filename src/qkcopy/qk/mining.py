@@ -132,15 +132,16 @@ class BoundedMiner:
         cache = torch.empty(n_r, head.descriptor_dim, dtype=torch.float16, device=shard.device)
         input_norm, hidden_norm, rounding = (torch.empty(n_r, device=shard.device) for _ in range(3))
         miner = HardNegativeMiner(k, positive_rows)
-        q_norm = q.norm(dim=1)  # (B,)
+        q64 = q.double()  # (B, E): the certified pass's arithmetic (`qk.certify`)
+        q_norm = q64.norm(dim=1)  # (B,)
         for offset, rows in shard.chunks():  # rows (C, F) float32
-            keys, key_error, x_norm, h_norm = bound.keys(*shard.split(rows))  # (C, E), (C,) ×3
-            d2 = squared_distances(q, keys)  # (B, C) float32
+            keys, key_error, x_norm, h_norm = bound.keys(*shard.split(rows))  # (C, E), (C,) ×3, float64
+            d2 = squared_distances(q64, keys, torch.float64)  # (B, C)
             miner.update(d2, offset, bound.pair_error(q_norm, keys, key_error, d2))
             local = slice(offset - shard.start, offset - shard.start + rows.shape[0])
             cache[local] = keys.half()
-            rounding[local] = (keys - cache[local].float()).norm(dim=1) + key_error  # ≥ ‖k⁰ − k̃‖
-            input_norm[local], hidden_norm[local] = x_norm, h_norm
+            rounding[local] = ((keys - cache[local].double()).norm(dim=1) + key_error).float()  # ≥ ‖k⁰ − k̃‖
+            input_norm[local], hidden_norm[local] = x_norm.float(), h_norm.float()
         self.cache, self.input_norm, self.hidden_norm, self.rounding = cache, input_norm, hidden_norm, rounding
         self.cache_norm = cache.float().norm(dim=1) if n_r else input_norm
         self.weights = [p.detach().clone() for p in (ffn[0].weight, ffn[0].bias, ffn[2].weight, ffn[2].bias)]
@@ -182,11 +183,12 @@ class BoundedMiner:
 
     def _evaluate(self, miner: HardNegativeMiner, q: torch.Tensor, bound: HeadBound, rows: torch.Tensor) -> None:
         """Head over `rows` (R,) ascending global rows of the shard, in chunks; distances and bounds into `miner`."""
-        q_norm = q.norm(dim=1)  # (B,)
+        q64 = q.double()  # (B, E)
+        q_norm = q64.norm(dim=1)  # (B,)
         for s in range(0, rows.numel(), self.shard.chunk_rows):
             index = rows[s:s + self.shard.chunk_rows]
-            keys, key_error, _, _ = bound.keys(*self.shard.split(self.shard.take(index)))  # (C, E), (C,)
-            d2 = squared_distances(q, keys)  # (B, C) float32
+            keys, key_error, _, _ = bound.keys(*self.shard.split(self.shard.take(index)))  # (C, E), (C,) float64
+            d2 = squared_distances(q64, keys, torch.float64)  # (B, C)
             miner.update_rows(d2, index.to(q.device), bound.pair_error(q_norm, keys, key_error, d2))
 
     def summary(self) -> dict:

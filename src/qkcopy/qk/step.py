@@ -60,15 +60,16 @@ def mine_hard_negatives(queries: torch.Tensor, head: HeadFn, chunks: Iterable[tu
     miner = HardNegativeMiner(n_negatives, positive_rows)
     q = queries.detach().float()  # (B, E) float32
     bound = HeadBound(head, q.device) if certifiable(head) else None
-    q_norm = q.norm(dim=1)  # (B,)
+    q64 = q.double()  # (B, E): the certified pass's arithmetic (`qk.certify`)
+    q_norm = q64.norm(dim=1)  # (B,)
     with torch.no_grad():
         for offset, rows in chunks:  # rows (C, F)
             feat, g = rows[:, :feature_dim], rows[:, feature_dim:]
             if bound is None:
                 miner.update(squared_distances(q, head(feat, g)), offset)  # (B, C) float32
                 continue
-            keys, key_error, _, _ = bound.keys(feat, g)  # (C, E), (C,)
-            d2 = squared_distances(q, keys)  # (B, C) float32
+            keys, key_error, _, _ = bound.keys(feat, g)  # (C, E), (C,) float64
+            d2 = squared_distances(q64, keys, torch.float64)  # (B, C)
             miner.update(d2, offset, bound.pair_error(q_norm, keys, key_error, d2))
     return miner
 
