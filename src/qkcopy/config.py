@@ -263,6 +263,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return tree
 
 
+def segment_names(cfg: TrainConfig) -> list[str]:
+    """Q1, K1, Q2, … — the phase names, also used as evaluation points for the comparison methods."""
+    counts: dict[str, int] = {}
+    names = []
+    for side in cfg.schedule.phases:
+        counts[side] = counts.get(side, 0) + 1
+        names.append(f"{side}{counts[side]}")
+    return names
+
+
 def phase_steps(schedule: ScheduleConfig, n_train: int, batch_size: int) -> int:
     """Optimizer steps in one phase."""
     if schedule.steps_per_phase is not None:

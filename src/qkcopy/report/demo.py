@@ -26,7 +26,7 @@ import yaml
 
 from qkcopy.baselines.runner import BaselineOptions, run_baseline
 from qkcopy.data.benchmark import Benchmark
-from qkcopy.config import load_config
+from qkcopy.config import load_config, segment_names
 from qkcopy.data.demo_images import generate_demo_images
 from qkcopy.evaluation.model_eval import evaluate_model
 from qkcopy.data.images import scan_images
@@ -36,7 +36,7 @@ from qkcopy.io import atomic_write
 from qkcopy.report.report import format_table, loss_curves, retrieval_sheet, write_report
 from qkcopy.model.trained import load_trained
 from qkcopy.data.synth import BenchmarkOptions, make_benchmark
-from qkcopy.training.loop import segment_names, train
+from qkcopy.training.loop import train
 
 log = logging.getLogger(__name__)
 

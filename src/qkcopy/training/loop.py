@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from qkcopy import checkpoint as ckpt
-from qkcopy.config import TrainConfig, lr_at, phase_steps
+from qkcopy.config import TrainConfig, lr_at, phase_steps, segment_names
 from qkcopy.data.families import excluded_ops
 from qkcopy.data.training import BANK_STREAM, PhaseBatches, TrainImages, query_seed
 from qkcopy.distributed import ShardedBatches, shard_range
@@ -36,16 +36,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
-
-
-def segment_names(cfg: TrainConfig) -> list[str]:
-    """Q1, K1, Q2, … — the phase names, also used as evaluation points for the comparison methods."""
-    counts: dict[str, int] = {}
-    names = []
-    for side in cfg.schedule.phases:
-        counts[side] = counts.get(side, 0) + 1
-        names.append(f"{side}{counts[side]}")
-    return names
 
 
 def _loader(run: Run, batches: torch.utils.data.Sampler, pairs: bool = False) -> torch.utils.data.DataLoader:
@@ -200,6 +190,9 @@ def train(cfg: TrainConfig, train_paths: Sequence[Path], run_dir: Path, benchmar
     if (phase, start) == (0, 0) and cfg.model.head_init == "pca":
         init_heads(run)
         _evaluate(run, benchmark, "init", rows)
+    done = segment_names(cfg)[phase - 1] if phase > 0 and start == 0 else None
+    if done is not None and not any(row.get("segment") == done for row in rows):
+        _evaluate(run, benchmark, done, rows)  # killed between the phase's checkpoint and its evaluation row
     for p in range(phase, len(cfg.schedule.phases)):
         try:
             run_segment(run, p, start if p == phase else 0, stop_after_steps)

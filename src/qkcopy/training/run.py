@@ -6,10 +6,15 @@ Layout of a run directory:
     train_log.jsonl    one JSON line per step       evaluations.jsonl  metrics after each segment
     banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
 
-A directory that holds only these files and no checkpoint but checkpoints/init (a start that failed or was
-killed before its first checkpoint) is started over, with or without --resume, and --resume of a missing or
-empty directory starts the run: a retry is never blocked. A failed start in a new directory removes what it
-wrote.
+A directory that holds only these files and no checkpoints/latest (a start that failed or was killed before
+its first checkpoint) is started over, with or without --resume, and --resume of a missing or empty directory
+starts the run: a retry is never blocked. A failed start in a new directory removes what it wrote.
+
+Checkpoints survive a kill at any instant. A phase's end writes its tag (Q1) first and `latest` last, so
+`latest` never says a phase is done before its tag exists; each is swapped in by rename (`io.atomic_dir`), and
+on start every checkpoint folder's swap is undone or finished (`recover_checkpoints`). A resume that finds a
+phase done but its tag missing rebuilds the tag from `latest` (`Run.repair`), and `training.loop.train` writes
+a missing evaluation row of that phase before going on.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 import yaml
 
 from qkcopy import checkpoint as ckpt
-from qkcopy.config import TrainConfig, differing_keys, load_config, phase_steps, to_dict
+from qkcopy.config import TrainConfig, differing_keys, load_config, phase_steps, segment_names, to_dict
 from qkcopy.data.images import valid_images
 from qkcopy.errors import ConfigError, DataError, NothingToResume, RunDirError, RunDirExists
 from qkcopy.device import autocast
@@ -50,10 +55,23 @@ def _unstarted_run(run_dir: Path) -> bool:
     if not run_dir.is_dir() or (run_dir / "checkpoints" / "latest").exists():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    if not names or not names <= RUN_ENTRIES or not names & {"config.yaml", "provenance.json"}:
-        return False
-    ckpts = run_dir / "checkpoints"  # only the head-init checkpoint (redone on a restart) may be there
-    return not ckpts.is_dir() or all(p.name == "init" or p.name.startswith(".") for p in ckpts.iterdir())
+    # without `latest` nothing can be resumed: checkpoints/init and a first phase's tag written just before
+    # `latest` (a kill between the two) are redone, identically, by the restart
+    return bool(names) and names <= RUN_ENTRIES and bool(names & {"config.yaml", "provenance.json"})
+
+
+def recover_checkpoints(run_dir: Path) -> None:
+    """Undo or finish every checkpoint folder's interrupted swap (`latest`, `init` and the phase tags)."""
+    ckpts = run_dir / "checkpoints"
+    if not ckpts.is_dir():
+        return
+    names = {p.name for p in ckpts.iterdir() if not p.name.startswith(".")}
+    for leftover in ckpts.glob(".*"):  # .NAME.tmp-XXXX or .NAME.old-PID
+        for marker in (".tmp-", ".old-"):
+            if marker in leftover.name:
+                names.add(leftover.name[1:leftover.name.rindex(marker)])
+    for name in sorted(names):
+        ckpt.recover(ckpts / name)
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -69,7 +87,7 @@ def _clear_run(run_dir: Path) -> None:
 def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
     """Check `run_dir` can be used as asked (rank 0); True when this is a fresh start in it."""
     latest = run_dir / "checkpoints" / "latest"
-    ckpt.recover(latest)  # a kill inside the checkpoint swap: the previous checkpoint back
+    recover_checkpoints(run_dir)  # a kill inside a checkpoint swap: the previous checkpoint back, no leftovers
     if _unstarted_run(run_dir):
         log.warning("%s holds a run that never reached its first checkpoint: starting it over", run_dir)
         _clear_run(run_dir)
@@ -194,6 +212,7 @@ class Run:
                 done = run.global_step(*run.resume_point())
                 _trim_jsonl(run_dir / "train_log.jsonl", lambda row: row.get("global_step", 0) < done)
                 _trim_jsonl(run_dir / "evaluations.jsonl", lambda row: True)
+                run.repair()
         if cfg.tensorboard and dist.is_main:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
             run.tensorboard = SummaryWriter(run_dir / "tensorboard")
@@ -230,11 +249,24 @@ class Run:
                      phase_done=next_step >= phase_steps(self.cfg.schedule, len(self.paths),
                                                          self.cfg.data.batch_size))
         models = {"q": self.q, "k": self.k}
-        extra = self.method.extra_state()
-        ckpt.save_checkpoint(self.latest, models, state, optimizer, extra)
-        if tag is not None:
-            ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, state)
+        if tag is not None:  # the tag first: `latest` marked phase_done implies the tag is there
+            ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, dict(state))
+        ckpt.save_checkpoint(self.latest, models, dict(state), optimizer, self.method.extra_state())
         self.dist.barrier()
+
+    def repair(self) -> None:
+        """Rank 0, on resume: when `latest` says a phase is done but its tag is missing (a run of an older
+        qkcopy killed between the two writes, or a tag removed by hand), rebuild the tag from `latest`."""
+        if not self.is_main or not self.latest.exists():
+            return
+        state = ckpt.read_state(self.latest)
+        if not state.get("phase_done") or not isinstance(state.get("phase"), int):
+            return
+        tag = self.dir / "checkpoints" / segment_names(self.cfg)[state["phase"]]
+        if not tag.exists():
+            log.warning("%s is missing though %s says its phase is done: rebuilt from it", tag, self.latest)
+            state = {k: v for k, v in state.items() if k != "optimizer"}
+            ckpt.save_checkpoint(tag, {"q": self.q, "k": self.k}, state)
 
     def resume_point(self) -> tuple[int, int]:
         """(segment, step) to continue from: (0, 0) for a new run."""
