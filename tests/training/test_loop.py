@@ -8,12 +8,12 @@ from qkcopy.config import load_config
 from qkcopy.model.descriptor import build_qk_models
 from qkcopy.training.loop import TrainingDiverged, train
 
-TINY = ["model.weights=null", "model.image_size=32", "model.test_size=null", "data.synthesis=augly",
-        "data.strength=medium", "model.hidden=32",
-        "model.descriptor_dim=16",
-        "data.batch_size=4", "data.workers=0", "data.pca_images=24", "schedule.steps_per_phase=3",
-        "schedule.phases=[Q,K]", "schedule.checkpoint_every=100", "device=cpu",
-        "model.head_init=random", "model.feature_norm=false"]  # the paper's start; PCA init tested on its own
+# the shipped presets' settings at tiny sizes: nothing about the data, loss or head start is overridden
+TINY = ["model.weights=null", "model.image_size=32", "model.test_size=null", "model.hidden=32",
+        "model.descriptor_dim=16", "data.batch_size=4", "data.workers=0", "data.pca_images=24",
+        "schedule.steps_per_phase=3", "schedule.phases=[Q,K]", "schedule.checkpoint_every=100", "device=cpu"]
+PRESETS = ["cpu", "cpu-long", "demo", "paper"]
+METHODS = ["qk", "simclr", "moco"]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,10 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["qk", "moco", "qk-pca-init"])
-def test_resume_continues_exactly(images, tmp_path, method):
-    extra = ["model.head_init=pca", "model.feature_norm=true"] if method == "qk-pca-init" else []
-    cfg = load_config("cpu", TINY + [f"method={method.split('-')[0]}"] + extra)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_resume_continues_exactly(images, tmp_path, preset, method):
+    cfg = load_config(preset, TINY + [f"method={method}"])
     train(cfg, images, tmp_path / "straight")
     train(cfg, images, tmp_path / "stopped", stop_after_steps=2)  # inside Q1
     train(cfg, images, tmp_path / "stopped", resume=True, stop_after_steps=4)  # inside K1, after a bank switch
@@ -61,7 +61,8 @@ def test_training_changes_weights_but_not_batchnorm(images, tmp_path):
 
 
 def test_pca_head_init_starts_both_heads_alike_and_is_saved(images, tmp_path):
-    cfg = load_config("cpu", TINY + ["model.head_init=pca", "model.feature_norm=true", "schedule.phases=[Q]"])
+    cfg = load_config("cpu", TINY + ["schedule.phases=[Q]"])
+    assert cfg.model.head_init == "pca"
     train(cfg, images, tmp_path / "run")
     init = load_file(tmp_path / "run" / "checkpoints" / "init" / "weights.safetensors")
     q0, _ = build_qk_models(cfg.model, cfg.seed)
@@ -75,8 +76,10 @@ def test_full_freeze_leaves_the_frozen_head_alone(images, tmp_path):
     cfg = load_config("cpu", TINY + ["schedule.phases=[Q]", "schedule.full_freeze=true"])
     train(cfg, images, tmp_path / "run")
     after = _weights(tmp_path / "run")
-    _, k0 = build_qk_models(cfg.model, cfg.seed)
-    assert all(torch.equal(after[f"k.{n}"], v) for n, v in k0.state_dict().items())
+    start = load_file(tmp_path / "run" / "checkpoints" / "init" / "weights.safetensors")  # the PCA head start
+    k = [name for name in start if name.startswith("k.")]
+    assert k and all(torch.equal(after[name], start[name]) for name in k)
+    assert not all(torch.equal(after[name], start[name]) for name in start if name.startswith("q.head"))
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(images, tmp_path):
@@ -107,25 +110,34 @@ def test_new_run_refuses_a_used_directory(images, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_trains_like_one_process(images, tmp_path):
-    """torchrun with gloo, bank sharded over 2 ranks: same losses and weights as one process (float tolerance)."""
+@pytest.mark.parametrize("preset", PRESETS)
+def test_torchrun_two_ranks_trains_like_one_process(images, tmp_path, preset):
+    """torchrun with gloo, bank sharded over 2 ranks, against one process: the same negatives at every step
+    (the certified choice, `qk.certify`), the same first-step gradient norm and losses to float tolerance (the
+    two layouts run the backbone over batches of 2 and 4, so queries differ in their last bits). Post-Adam
+    weights are not compared: Adam moves by ±lr·sign(g) wherever g is within rounding of zero."""
+    import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     folder = Path(images[0]).parent
-    overrides = TINY + ["schedule.phases=[Q,K]", "schedule.steps_per_phase=2"]
-    base = ["--train-images", str(folder), "--config", "cpu", *overrides]
+    base = ["--train-images", str(folder), "--config", preset, *TINY, "schedule.steps_per_phase=2"]
     torchrun = Path(sys.executable).parent / "torchrun"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "qkcopy", "train", "--out", str(tmp_path / "one"), *base],
                    check=True, env=env, timeout=600)
     subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "qkcopy", "train",
                     "--out", str(tmp_path / "two"), *base], check=True, env=env, timeout=600)
-    import json
     assert json.loads((tmp_path / "two" / "provenance.json").read_text())["world_size"] == 2
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
-    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    one, two = (_log(tmp_path / name) for name in ("one", "two"))
+    assert len(one) == len(two) == 4
+    assert [r["negatives"] for r in two] == [r["negatives"] for r in one]
+    assert two[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-4)
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+
+
+def _log(run_dir):
+    import json
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]

@@ -63,9 +63,11 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
     except StaleBankError as err:
         log.warning("%s", err)
     n, bs, dist = len(run.paths), run.cfg.data.batch_size * 2, run.dist
-    start, stop = shard_range(n, dist.rank, dist.world)  # this rank's part of the bulk pass
-    keys = [(i, query_seed(bank_seed, phase, 0, i) if bank_seed is not None else None) for i in range(start, stop)]
-    loader = _loader(run, [keys[s:s + bs] for s in range(0, len(keys), bs)])
+    # this rank's part of the bulk pass: whole batches of the one-process pass (rows j·bs … (j+1)·bs − 1), so
+    # every row is computed in the same batch, hence to the same bits, whatever the number of ranks
+    first, last = shard_range((n + bs - 1) // bs, dist.rank, dist.world)
+    loader = _loader(run, [[(i, query_seed(bank_seed, phase, 0, i) if bank_seed is not None else None)
+                            for i in range(j * bs, min(n, (j + 1) * bs))] for j in range(first, last)])
     header = BankHeader(n_rows=n, feature_dim=run.feature_dim, gist_dim=run.gist_dim, model_hash=model_hash,
                         data_hash=data_hash, side=bank_side)
     frozen.eval()
@@ -154,6 +156,8 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.dist.all_reduce_mean_grads(params)  # exact single-process gradients of the global batch
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        grad_norm = torch.stack(grads).norm().item() if grads else 0.0
         optimizer.step()
         if not all(torch.isfinite(p).all() for group in optimizer.param_groups for p in group["params"]):
             raise TrainingDiverged(f"{name} step {step}: the update made weights NaN or inf; stopped. The last "
@@ -163,7 +167,9 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
                       loss=loss.item(), loss_pos=result.loss.pos.item(), loss_neg=result.loss.neg.item(),
                       d2_pos_mean=result.d2_pos.mean().item(), d2_neg_min=result.d2_neg.min().item(),
                       d2_neg_mean=result.d2_neg.mean().item(), d2_neg_max=result.d2_neg.max().item(),
-                      seconds=time.perf_counter() - t0)
+                      grad_norm=grad_norm, seconds=time.perf_counter() - t0)
+        if result.negatives is not None:  # which (batch item, bank row) pairs were mined: a reproducibility check
+            record["negatives"] = hashlib.sha256(result.negatives.cpu().numpy().tobytes()).hexdigest()[:16]
         if run.is_main:
             _log_step(run, record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
