@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qkcopy.collection.cache import IndexCache, StaleCache
-from qkcopy.collection.records import Added, NewRef, Ref
+from qkcopy.collection.records import AddedRef, NewRef, Ref
 from qkcopy.collection.store import DB_NAME, Store
 from qkcopy.collection.vector_store import VectorIndex, check_store, is_milvus, milvus_uri, new_milvus_name
 from qkcopy.errors import FingerprintMismatch
@@ -197,7 +197,7 @@ class Collection:
 
     # --- references ---
 
-    def add(self, refs: Sequence[NewRef]) -> list[Added]:
+    def add(self, refs: Sequence[NewRef]) -> list[AddedRef]:
         """Commit the references (one transaction), then bring the index up to date."""
         for r in refs:
             check_bank(r.bank)

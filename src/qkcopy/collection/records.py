@@ -32,7 +32,7 @@ class Ref:
 
 
 @dataclass(frozen=True)
-class Added:
+class AddedRef:
     id: int
     existing: bool  # True: these bytes were already in this bank; nothing was added
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qkcopy.collection.records import Added, Change, NewRef, Ref
+from qkcopy.collection.records import AddedRef, Change, NewRef, Ref
 
 SCHEMA_VERSION = 1
 DB_NAME = "collection.db"
@@ -138,9 +138,9 @@ class Store:
 
     # --- references ---
 
-    def add(self, refs: Sequence[NewRef], dim: int) -> list[Added]:
+    def add(self, refs: Sequence[NewRef], dim: int) -> list[AddedRef]:
         """Insert references (an exact re-add in the same bank returns the existing id); one transaction."""
-        out: list[Added] = []
+        out: list[AddedRef] = []
         now = time.time()
         with self._tx() as db:
             for r in refs:
@@ -150,7 +150,7 @@ class Store:
                                      f"got {vector.shape}")
                 row = db.execute("SELECT id FROM refs WHERE bank = ? AND sha256 = ?", (r.bank, r.sha256)).fetchone()
                 if row is not None:
-                    out.append(Added(row[0], True))
+                    out.append(AddedRef(row[0], True))
                     continue
                 cur = db.execute("INSERT INTO refs (name, sha256, bank, meta, added_at) VALUES (?, ?, ?, ?, ?)",
                                  (r.name, r.sha256, r.bank, json.dumps(r.meta, sort_keys=True), now))
@@ -158,7 +158,7 @@ class Store:
                 if r.thumb:
                     db.execute("INSERT INTO ref_thumbs (id, thumb) VALUES (?, ?)", (cur.lastrowid, r.thumb))
                 db.execute("INSERT INTO changes (op, ref_id, bank) VALUES ('add', ?, ?)", (cur.lastrowid, r.bank))
-                out.append(Added(cur.lastrowid, False))
+                out.append(AddedRef(cur.lastrowid, False))
         return out
 
     def remove(self, ids: Sequence[int]) -> list[int]:
