@@ -27,7 +27,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from qkcopy.collection.records import Change
+from qkcopy.collection.records import Change, net_changes
 from qkcopy.collection.store import Store
 from qkcopy.io import atomic_dir, recover_dir
 from qkcopy.retrieval.faiss_index import default_nlist, new_faiss_index
@@ -96,12 +96,7 @@ class IndexCache:
             return len(changes)
 
     def _apply(self, changes: list[Change], store: Store) -> None:
-        # net effect per id, in order: an id added then removed since the snapshot needs nothing
-        final: dict[int, str] = {}
-        for c in changes:
-            final[c.ref_id] = c.op
-        removed = [i for i, op in final.items() if op == "remove"]
-        added = [i for i, op in final.items() if op == "add"]
+        removed, added = net_changes(changes)  # an id added then removed since the snapshot needs nothing
         self.remove(np.array(removed, np.int64))
         for ids, banks, vectors in store.vectors(self.dim, added):  # rows removed meanwhile are absent
             present = self._present(ids)

@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-from qkcopy.collection.records import Change
+from qkcopy.collection.records import Change, net_changes
 from qkcopy.collection.store import Store
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,7 @@ class MilvusIndex:
             return len(changes)
 
     def _apply(self, changes: list[Change], store: Store) -> None:
-        final: dict[int, str] = {}
-        for c in changes:
-            final[c.ref_id] = c.op
-        removed = [i for i, op in final.items() if op == "remove"]
-        added = [i for i, op in final.items() if op == "add"]
+        removed, added = net_changes(changes)
         if removed:
             self.client.delete(self.name, ids=removed)
         for ids, banks, vectors in store.vectors(self._dim, added):  # rows removed meanwhile are absent

@@ -43,3 +43,11 @@ class Change:
     op: str  # "add" | "remove"
     ref_id: int
     bank: str
+
+
+def net_changes(changes: list[Change]) -> tuple[list[int], list[int]]:
+    """(removed ids, added ids): the net effect per id of changes in log order (added then removed: neither)."""
+    final: dict[int, str] = {}
+    for c in changes:
+        final[c.ref_id] = c.op
+    return [i for i, op in final.items() if op == "remove"], [i for i, op in final.items() if op == "add"]
