@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
                       full_pass=not args.no_full_pass, sequence_steps=_given(args.sequence_steps, 20))
     result = run_bench(cfg)
     print(format_tables(result))
-    if args.out is not None:
-        atomic_write_json(args.out, result)
-        print(f"measurements → {args.out}")
-    return 0
+    return _save(args.out, result)
 
 
 def _given(value: int | None, default: int) -> int:
@@ -104,7 +101,11 @@ def _gpu_check(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     print(format_gpu_check(result))
-    if args.out is not None:
-        atomic_write_json(args.out, result)
-        print(f"measurements → {args.out}")
+    return _save(args.out, result)
+
+
+def _save(out, result: dict) -> int:
+    if out is not None:
+        atomic_write_json(out, result)
+        print(f"measurements → {out}")
     return 0

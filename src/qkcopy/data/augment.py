@@ -18,7 +18,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from qkcopy.data.compat import patch_augly
-from qkcopy.data.extra_edits import EXTRA_CONTAINERS, EXTRA_OPS, apply_extra, sample_extra_params
+from qkcopy.data.extra_edits import (EXTRA_CONTAINERS, EXTRA_OPS, apply_extra, random_colour, sample_extra_params,
+                                     uniform)
 from qkcopy.data.images import ImageError, load_image
 from qkcopy.seeds import derive_seed
 
@@ -83,11 +84,7 @@ def _assets(kind: str) -> tuple[str, ...]:
 
 def sample_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
     """Parameters of `op` at magnitude `m` in (0, 1], drawn from `r` only."""
-    def u(lo: float, hi: float) -> float:
-        return round(r.uniform(lo, hi), 4)
-
-    def colour() -> list[int]:
-        return [r.randrange(256) for _ in range(3)]
+    u, colour = partial(uniform, r), partial(random_colour, r)
 
     def sign() -> int:
         return r.choice((-1, 1))

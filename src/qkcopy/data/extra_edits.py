@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import random
+from functools import partial
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
@@ -27,13 +28,18 @@ EXTRA_OPS: dict[str, float] = {
 EXTRA_CONTAINERS = frozenset({"tile_grid", "app_frame"})  # they put the picture inside a bigger one
 
 
+def uniform(r: random.Random, lo: float, hi: float) -> float:
+    """A parameter drawn uniformly in [lo, hi], rounded to 4 decimals (JSON-stable)."""
+    return round(r.uniform(lo, hi), 4)
+
+
+def random_colour(r: random.Random) -> list[int]:
+    return [r.randrange(256) for _ in range(3)]
+
+
 def sample_extra_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
     """Parameters of extra op `op` at magnitude `m`, drawn from `r` only."""
-    def u(lo: float, hi: float) -> float:
-        return round(r.uniform(lo, hi), 4)
-
-    def colour() -> list[int]:
-        return [r.randrange(256) for _ in range(3)]
+    u, colour = partial(uniform, r), partial(random_colour, r)
 
     if op == "tile_grid":  # rows × cols tiles, the copy in one; the others are crops of the background image
         rows, cols = r.choice(((1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3)) if m > 0.5 else ((1, 2), (2, 1), (2, 2)))
