@@ -62,3 +62,32 @@ def test_import_of_embed_output_equals_add_of_the_images(tiny_run, other_tiny_ru
                                    rtol=1e-4, atol=1e-6)  # two engines' float32 distances
     assert main(["collection", "move", str(imported), "--store", "milvus://nohost"]) == 2
     assert "--store must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["faiss", "milvus-lite"])
+def test_import_of_a_torchrun_embed_equals_add(tiny_run, tiny_benchmark, tmp_path, store):
+    """`torchrun --nproc-per-node 2 -m qkcopy embed` (gloo, shards split over the ranks), then `collection
+    import`: the same references and search answers as `collection create --add` of the same images."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    refs = tiny_benchmark / "references"
+    added, imported = tmp_path / "added", tmp_path / "imported"
+    assert main(["collection", "create", str(added), "--model", str(tiny_run), "--add", str(refs), *CPU]) == 0
+    assert main(["collection", "create", str(imported), "--model", str(tiny_run), "--store", store, *CPU]) == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "qkcopy", "embed", "--model",
+                    str(tiny_run), "--images", str(refs), "--side", "reference", "--batch", "2", "--workers", "1",
+                    "--shard-size", "3", "--out", str(tmp_path / "emb" / "refs"), *CPU], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, capture_output=True)
+    assert main(["collection", "import", str(imported), str(tmp_path / "emb" / "refs.h5")]) == 0
+    _, vectors = read_isc_h5(tmp_path / "emb" / "refs.h5")
+    queries = vectors + np.random.default_rng(1).normal(scale=0.05, size=vectors.shape).astype(np.float32)
+    with Collection.open(added) as a, Collection.open(imported) as b:
+        assert a.stats()["references"] == b.stats()["references"] == 12
+        for row_a, row_b in zip(a.search(queries, k=5), b.search(queries, k=5)):
+            assert [m.name.rsplit(".", 1)[0] for m in row_a] == [m.name for m in row_b]
+            np.testing.assert_allclose([m.score for m in row_b], [m.score for m in row_a], rtol=1e-4, atol=1e-6)
