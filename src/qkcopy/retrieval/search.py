@@ -29,7 +29,7 @@ FIELDS = ("query", "reference", "score", "is_copy")
 
 
 @dataclass(frozen=True)
-class Match:
+class SearchMatch:
     query: str
     reference: str
     score: float  # −squared L2 between the query's Q descriptor and the reference's K descriptor
@@ -38,12 +38,12 @@ class Match:
 
 @dataclass(frozen=True)
 class CopySearch:
-    matches: list[Match]  # k per query, best first within each query
+    matches: list[SearchMatch]  # k per query, best first within each query
     queries: list[str]  # the query ids that were searched
     skipped: list[str]  # unreadable query images
     threshold: float | None
 
-    def copies(self) -> list[Match]:
+    def copies(self) -> list[SearchMatch]:
         return [m for m in self.matches if m.is_copy]
 
     def summary(self) -> str:
@@ -90,7 +90,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
             if r < 0:  # IVF with too few probed cells: fewer than k neighbours
                 continue
             score = -float(d)
-            matches.append(Match(qid, index.ids[r], score, is_copy(score, threshold)))
+            matches.append(SearchMatch(qid, index.ids[r], score, is_copy(score, threshold)))
     return CopySearch(matches, emb.ids, emb.skipped, threshold)
 
 
