@@ -80,6 +80,7 @@ class DataConfig:
     pca_images: int = 5000  # training images used to fit the GIST PCA
     holdout_families: tuple[str, ...] = ()  # edit families training never uses (qkcopy.data.families)
     synthesis: str = "augly"  # query edits: augly (AugLy's ops) or broad (also qkcopy.data.extra_edits)
+    grad_cache_chunk: int = 0  # > 0: encode the batch in sub-batches of this many (training.grad_cache); 0: off
 
 
 @dataclass(frozen=True)

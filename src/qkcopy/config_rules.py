@@ -37,6 +37,7 @@ def validate(cfg):
     _check(_finite(m.head_scale) and m.head_scale > 0, "model.head_scale", "a finite number > 0", m.head_scale)
     _check(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
     _check(d.workers >= 0, "data.workers", ">= 0", d.workers)
+    _check(d.grad_cache_chunk >= 0, "data.grad_cache_chunk", ">= 0 (0: no gradient caching)", d.grad_cache_chunk)
     _check(d.strength in STRENGTHS, "data.strength", f"one of {list(STRENGTHS)}", d.strength)
     _check(d.synthesis in ("augly", "broad"), "data.synthesis", "augly or broad", d.synthesis)
     _check(set(d.holdout_families) <= set(FAMILIES), "data.holdout_families", f"families among {list(FAMILIES)}",

@@ -1,27 +1,35 @@
 """What is trained and how a step's loss is made, one small strategy object per method: QK, SimCLR, MoCo.
 
-Letters: B batch, L MoCo queue length, E descriptor dim.
+Letters: W world size, b this rank's batch, B = Σ b the global batch, L MoCo queue length, E descriptor dim.
 
 All three use the QK loss (`qkcopy.qk.loss`) and the same global hard-negative mining (B·M hardest over the
 batch); they differ in where negatives come from and what is trained:
 - QK Co-learn (the paper): one side's backbone frozen and its bank passed in full every step
   (`qkcopy.qk.step.colearn_loss`); the trained side's model and the frozen side's head are trained.
-- SimCLR-style: Q on the queries and K on the originals, both trained end to end; negatives are the batch's
-  own keys (B − 1 per query).
-- MoCo-style: Q trained; K is a momentum (EMA) copy of Q, no grad; negatives are the batch's keys plus a
-  FIFO queue of the last L keys.
+- SimCLR-style: Q on the queries and K on the originals, both trained end to end; negatives are the global
+  batch's own keys (B − 1 per query).
+- MoCo-style: Q trained; K is a momentum (EMA) copy of Q, no grad; negatives are the global batch's keys plus
+  a FIFO queue of the last L keys.
+Every method runs under torchrun (`sharded`): each rank encodes its b items and the descriptors are
+all-gathered, differentiably where they carry grad, so every rank computes the same loss of the global batch;
+the backward of an all-gather sums the W identical gradients onto the owning rank, and
+`Dist.all_reduce_mean_grads` after backward leaves exactly the single-process gradient (as `qk.step` does).
+Every method encodes through a `GradCache` (`data.grad_cache_chunk`): with a chunk, a batch of any size costs
+one sub-batch's activations, with the same loss and gradients (`training.grad_cache`).
 To add a method: subclass `Method`, register it in `METHODS`, add its name to `training.config.METHODS`.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import torch
 
 from qkcopy.qk.mining import BoundedMiner
 from qkcopy.qk.loss import HardNegativeMiner, LossConfig, squared_distances
 from qkcopy.qk.step import StepResult, colearn_loss, pair_loss
+from qkcopy.training.grad_cache import Encoder, GradCache
 
 
 def in_batch_loss(queries: torch.Tensor, keys: torch.Tensor, cfg: LossConfig) -> StepResult:
@@ -63,6 +71,14 @@ def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: KeyQueue, cfg: L
     return result
 
 
+def encoder(run, model: torch.nn.Module) -> Encoder:
+    """(pixels (c, 3, S, S), g256 (c, G)) → descriptors (c, E) float32, the backbone under the run's autocast."""
+    def encode(pixels: torch.Tensor, g256: torch.Tensor) -> torch.Tensor:
+        with run.autocast():
+            return model(pixels, g256).float()
+    return encode
+
+
 @torch.no_grad()
 def momentum_update(target: torch.nn.Module, source: torch.nn.Module, momentum: float) -> None:
     """target ← m·target + (1 − m)·source, parameters only (BatchNorm stats are frozen in both)."""
@@ -77,6 +93,7 @@ class Method:
     uses_bank = False  # a bank of the frozen side is built for every segment
     pairs = True  # batch items carry (query, original); False: one image per item
     sharded = False  # may run under torchrun with W > 1
+    cache: GradCache | None = None  # this step's encodings (`loss` makes it, `backward` uses it)
 
     def setup(self, run) -> None:
         """Once per run, after the models are built (and before a resume loads weights)."""
@@ -91,6 +108,16 @@ class Method:
     def loss(self, run, side: str, tensors: list[torch.Tensor], g256: list[torch.Tensor], index: torch.Tensor,
              bank) -> StepResult:
         raise NotImplementedError
+
+    def new_cache(self, run) -> GradCache:
+        """A fresh `GradCache` for this step's encodings (chunk `data.grad_cache_chunk`; 0: plain autograd)."""
+        self.cache = GradCache(run.cfg.data.grad_cache_chunk, run.device)
+        return self.cache
+
+    def backward(self, result: StepResult) -> None:
+        """Backpropagate the step's loss into the trainable parameters (GradCache's pass 2 when chunking)."""
+        (self.cache or GradCache(0)).backward(result.loss.total)
+        self.cache = None
 
     def after_step(self, run) -> None:
         """After each optimizer step."""
@@ -120,10 +147,8 @@ class QKColearn(Method):
 
     def loss(self, run, side, tensors, g256, index, bank):
         trained, frozen = (run.q, run.k) if side == "Q" else (run.k, run.q)
-        with run.autocast():
-            desc = trained(tensors[0], g256[0])  # (B, E)
-        return colearn_loss(desc.float(), index, frozen.head, bank, run.cfg.loss, run.dist,
-                            miner=self._miner(run, bank))
+        desc = self.new_cache(run).embed(encoder(run, trained), tensors[0], g256[0])  # (b, E) float32
+        return colearn_loss(desc, index, frozen.head, bank, run.cfg.loss, run.dist, miner=self._miner(run, bank))
 
     def _miner(self, run, bank) -> BoundedMiner | None:
         """config mining=bounded: one exact bounded miner per phase (a new bank shard starts a new one)."""
@@ -145,7 +170,7 @@ class QKColearn(Method):
 
 
 class SimCLR(Method):
-    name = "simclr"
+    name, sharded = "simclr", True
 
     def trainable(self, run, side):
         for model in (run.q, run.k):
@@ -153,13 +178,15 @@ class SimCLR(Method):
         return [p for m in (run.q, run.k) for p in m.parameters() if p.requires_grad]
 
     def loss(self, run, side, tensors, g256, index, bank):
-        with run.autocast():
-            queries, keys = run.q(tensors[0], g256[0]), run.k(tensors[2], g256[1])  # (B, E) each
-        return simclr_loss(queries.float(), keys.float(), run.cfg.loss)
+        cache = self.new_cache(run)
+        queries = cache.embed(encoder(run, run.q), tensors[0], g256[0])  # (b, E) float32
+        keys = cache.embed(encoder(run, run.k), tensors[2], g256[1])  # (b, E) float32
+        gather = partial(run.dist.all_gather_cat, differentiable=True)
+        return simclr_loss(gather(queries), gather(keys), run.cfg.loss)  # on (B, E) each: the global batch
 
 
 class MoCo(Method):
-    name = "moco"
+    name, sharded = "moco", True
 
     def setup(self, run) -> None:
         run.k.load_state_dict(run.q.state_dict())  # the momentum encoder starts as a copy of Q
@@ -178,11 +205,12 @@ class MoCo(Method):
         return [p for p in run.q.parameters() if p.requires_grad]
 
     def loss(self, run, side, tensors, g256, index, bank):
-        with run.autocast():
-            queries = run.q(tensors[0], g256[0])  # (B, E)
-            with torch.no_grad():
-                keys = run.k(tensors[2], g256[1])  # (B, E) momentum encoder
-        return moco_loss(queries.float(), keys.float(), self.queue, run.cfg.loss)
+        cache = self.new_cache(run)
+        queries = cache.embed(encoder(run, run.q), tensors[0], g256[0])  # (b, E) float32
+        keys = cache.embed(encoder(run, run.k), tensors[2], g256[1], trained=False)  # (b, E) momentum encoder
+        queries = run.dist.all_gather_cat(queries, differentiable=True)  # (B, E)
+        keys = run.dist.all_gather_cat(keys)  # (B, E): every rank pushes the same global keys to its queue
+        return moco_loss(queries, keys, self.queue, run.cfg.loss)
 
     def after_step(self, run) -> None:
         momentum_update(run.k, run.q, run.cfg.baseline.moco_momentum)
