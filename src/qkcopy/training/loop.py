@@ -62,7 +62,8 @@ def build_bank(run: Run, phase: int, side: str) -> Bank:
         pass
     except StaleBankError as err:
         log.warning("%s", err)
-    n, bs, dist = len(run.paths), run.cfg.data.batch_size * 2, run.dist
+    n, dist = len(run.paths), run.dist
+    bs = 2 * (run.cfg.data.grad_cache_chunk or run.cfg.data.batch_size)  # a cached batch's sub-batch bounds memory
     # this rank's part of the bulk pass: whole batches of the one-process pass (rows j·bs … (j+1)·bs − 1), so
     # every row is computed in the same batch, hence to the same bits, whatever the number of ranks
     first, last = shard_range((n + bs - 1) // bs, dist.rank, dist.world)
@@ -154,7 +155,7 @@ def run_segment(run: Run, phase: int, start: int, stop_after_steps: int | None =
             raise TrainingDiverged(f"{name} step {step}: loss is {loss.item()}; stopped. The last good "
                                    f"checkpoint {run.latest} is intact; lower optim.lr or check the data.")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        method.backward(result)  # loss.backward(), through the method's gradient cache (data.grad_cache_chunk)
         run.dist.all_reduce_mean_grads(params)  # exact single-process gradients of the global batch
         grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         grad_norm = torch.stack(grads).norm().item() if grads else 0.0
