@@ -5,16 +5,7 @@ Layout of a run directory:
     gist_pca.safetensors  PCA fitted on training images only
     train_log.jsonl    one JSON line per step       evaluations.jsonl  metrics after each segment
     banks/             memory-mapped banks          checkpoints/latest, checkpoints/Q1, K1, …
-
-A directory that holds only these files and no checkpoints/latest (a start that failed or was killed before
-its first checkpoint) is started over, with or without --resume, and --resume of a missing or empty directory
-starts the run: a retry is never blocked. A failed start in a new directory removes what it wrote.
-
-Checkpoints survive a kill at any instant. A phase's end writes its tag (Q1) first and `latest` last, so
-`latest` never says a phase is done before its tag exists; each is swapped in by rename (`io.atomic_dir`), and
-on start every checkpoint folder's swap is undone or finished (`recover_checkpoints`). A resume that finds a
-phase done but its tag missing rebuilds the tag from `latest` (`Run.repair`), and `training.loop.train` writes
-a missing evaluation row of that phase before going on.
+The directory's lifecycle (fresh start, retry, resume, recovery after a kill) is `training.run_dir`.
 """
 
 from __future__ import annotations
@@ -22,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,9 +20,9 @@ import torch
 import yaml
 
 from qkcopy import checkpoint as ckpt
-from qkcopy.config import TrainConfig, differing_keys, load_config, phase_steps, segment_names, to_dict
+from qkcopy.config import TrainConfig, phase_steps, segment_names, to_dict
 from qkcopy.data.images import valid_images
-from qkcopy.errors import ConfigError, DataError, NothingToResume, RunDirError, RunDirExists
+from qkcopy.errors import ConfigError, DataError
 from qkcopy.device import autocast
 from qkcopy.distributed import Dist, init
 from qkcopy.io import atomic_write, atomic_write_json, files_fingerprint, git_commit
@@ -43,98 +33,9 @@ from qkcopy.model.pca import PCA
 from qkcopy.model.trained import TrainedModels
 from qkcopy.evaluation.model_eval import evaluate_model
 from qkcopy.training.methods import Method, get_method
+from qkcopy.training.run_dir import clear_run, prepare_dir, trim_jsonl
 
 log = logging.getLogger(__name__)
-
-RUN_ENTRIES = frozenset({"config.yaml", "provenance.json", "gist_pca.safetensors", "train_log.jsonl",
-                         "evaluations.jsonl", "banks", "checkpoints", "tensorboard"})  # what a run writes
-
-
-def _unstarted_run(run_dir: Path) -> bool:
-    """A run's own files and nothing else, but no checkpoint to resume: a start that failed or was killed."""
-    if not run_dir.is_dir() or (run_dir / "checkpoints" / "latest").exists():
-        return False
-    names = {p.name for p in run_dir.iterdir()}
-    # without `latest` nothing can be resumed: checkpoints/init and a first phase's tag written just before
-    # `latest` (a kill between the two) are redone, identically, by the restart
-    return bool(names) and names <= RUN_ENTRIES and bool(names & {"config.yaml", "provenance.json"})
-
-
-def recover_checkpoints(run_dir: Path) -> None:
-    """Undo or finish every checkpoint folder's interrupted swap (`latest`, `init` and the phase tags)."""
-    ckpts = run_dir / "checkpoints"
-    if not ckpts.is_dir():
-        return
-    names = {p.name for p in ckpts.iterdir() if not p.name.startswith(".")}
-    for leftover in ckpts.glob(".*"):  # .NAME.tmp-XXXX or .NAME.old-PID
-        for marker in (".tmp-", ".old-"):
-            if marker in leftover.name:
-                names.add(leftover.name[1:leftover.name.rindex(marker)])
-    for name in sorted(names):
-        ckpt.recover(ckpts / name)
-
-
-def _clear_run(run_dir: Path) -> None:
-    """Remove what a run wrote in `run_dir` (only its own entries)."""
-    for name in RUN_ENTRIES:
-        entry = run_dir / name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        elif entry.exists() or entry.is_symlink():
-            entry.unlink()
-
-
-def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
-    """Check `run_dir` can be used as asked (rank 0); True when this is a fresh start in it."""
-    latest = run_dir / "checkpoints" / "latest"
-    recover_checkpoints(run_dir)  # a kill inside a checkpoint swap: the previous checkpoint back, no leftovers
-    if _unstarted_run(run_dir):
-        log.warning("%s holds a run that never reached its first checkpoint: starting it over", run_dir)
-        _clear_run(run_dir)
-        return True
-    if resume:
-        if not latest.exists():
-            if run_dir.exists() and any(run_dir.iterdir()):
-                raise NothingToResume(f"nothing to resume in {run_dir}: no checkpoints/latest, and it holds files "
-                                      "that are not a qkcopy run's; choose another --out", run_dir)
-            log.warning("nothing to resume in %s yet: starting the run", run_dir)  # a job that always resumes
-            return True
-        saved = load_config(run_dir / "config.yaml")
-        keys = differing_keys(saved, cfg)
-        if keys:
-            old, new = to_dict(saved), to_dict(cfg)
-            shown = "; ".join(f"{k}: {_get(old, k)!r} in the run, {_get(new, k)!r} given" for k in keys[:5])
-            raise ConfigError(f"--resume with a config that differs from {run_dir / 'config.yaml'} in "
-                              f"{', '.join(keys)} ({shown}); resume with the same settings, or start a new run "
-                              "with another --out", keys[0])
-        return False
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirExists(f"run directory {run_dir} is not empty; pass --resume to continue it or choose a new "
-                           "--out", run_dir)
-    return True
-
-
-def _get(tree: dict, dotted: str):
-    for key in dotted.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-
-def _trim_jsonl(path: Path, keep) -> None:
-    """Rewrite a JSON-lines log keeping the rows `keep(row)` accepts; a torn last line (a kill) is dropped."""
-    if not path.is_file():
-        return
-    rows, lines = [], path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise RunDirError(f"{path}:{i + 1} is not a JSON line; repair or remove the file", path) from None
-    kept = [r for r in rows if keep(r)]
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
-
 
 @dataclasses.dataclass
 class Run:
@@ -163,14 +64,14 @@ class Run:
             raise ConfigError(f"method {cfg.method} runs in one process only; torchrun shards the QK bank",
                               "method")
         existed = run_dir.exists()
-        fresh = _prepare_dir(run_dir, cfg, resume) if dist.is_main else False
+        fresh = prepare_dir(run_dir, cfg, resume) if dist.is_main else False
         dist.barrier()
         try:  # every rank sees the checkpoint rank 0 kept (resume) or cleared (a fresh start)
             return cls._build(cfg, train_paths, run_dir, dist, method,
                               resume=(run_dir / "checkpoints" / "latest").exists())
         except BaseException:
             if fresh and dist.is_main and run_dir.is_dir():  # a failed start leaves nothing behind
-                _clear_run(run_dir)
+                clear_run(run_dir)
                 if not existed and not any(run_dir.iterdir()):
                     run_dir.rmdir()
             raise
@@ -210,8 +111,8 @@ class Run:
                 method.load_extra_state(ckpt.load_extra(run.latest), device)
             if dist.is_main:  # steps after the checkpoint were logged by the killed process: they run again
                 done = run.global_step(*run.resume_point())
-                _trim_jsonl(run_dir / "train_log.jsonl", lambda row: row.get("global_step", 0) < done)
-                _trim_jsonl(run_dir / "evaluations.jsonl", lambda row: True)
+                trim_jsonl(run_dir / "train_log.jsonl", lambda row: row.get("global_step", 0) < done)
+                trim_jsonl(run_dir / "evaluations.jsonl", lambda row: True)
                 run.repair()
         if cfg.tensorboard and dist.is_main:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -250,7 +151,8 @@ class Run:
                                                          self.cfg.data.batch_size))
         models = {"q": self.q, "k": self.k}
         if tag is not None:  # the tag first: `latest` marked phase_done implies the tag is there
-            ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, dict(state))
+            ckpt.save_checkpoint(self.dir / "checkpoints" / tag, models, dict(state), None,
+                                 self.method.extra_state())
         ckpt.save_checkpoint(self.latest, models, dict(state), optimizer, self.method.extra_state())
         self.dist.barrier()
 
@@ -266,7 +168,7 @@ class Run:
         if not tag.exists():
             log.warning("%s is missing though %s says its phase is done: rebuilt from it", tag, self.latest)
             state = {k: v for k, v in state.items() if k != "optimizer"}
-            ckpt.save_checkpoint(tag, {"q": self.q, "k": self.k}, state)
+            ckpt.save_checkpoint(tag, {"q": self.q, "k": self.k}, state, None, self.method.extra_state())
 
     def resume_point(self) -> tuple[int, int]:
         """(segment, step) to continue from: (0, 0) for a new run."""
