@@ -6,7 +6,8 @@ import math
 import pytest
 import yaml
 
-from qkcopy.config import PRESET_DIR, TrainConfig, load_config, lr_at, phase_steps, preset_names, to_dict
+from qkcopy.config import (PRESET_DIR, TrainConfig, differing_keys, load_config, lr_at, phase_steps, preset_names,
+                           to_dict)
 
 
 def test_config_presets_overrides_and_unknown_keys():
@@ -37,7 +38,7 @@ def test_cosine_schedule_to_half():
 
 
 def test_presets_resolve_from_the_repository_configs_folder():
-    assert preset_names() == ["cpu", "cpu-long", "demo", "paper"]
+    assert preset_names() == ["cpu", "cpu-long", "demo", "paper", "simclr-paper"]
     repo_configs = PRESET_DIR.parents[2] / "configs"  # the configs/ the README names
     assert sorted(p.stem for p in repo_configs.glob("*.yaml")) == preset_names()
     assert load_config(repo_configs / "cpu.yaml") == load_config("cpu")
@@ -55,6 +56,20 @@ def test_cpu_preset_differs_from_the_paper_only_where_documented():
     cpu, paper = to_dict(load_config("cpu")), to_dict(load_config("paper"))
     assert cpu["model"]["head_init"] == "pca" and paper["model"]["head_init"] == "random"
     assert cpu["loss"]["tau"] == 1.4 and paper["loss"]["tau"] == 0.07
+
+
+def test_simclr_paper_preset_is_cpu_with_the_papers_simclr_setting():
+    """Issue 21: batch 192 × 8 = 1,536 (grad-cached on CPU), lr 1e-3, one epoch a segment; the rest is `cpu`."""
+    cfg, cpu = load_config("simclr-paper"), load_config("cpu")
+    assert (cfg.method, cfg.data.batch_size, cfg.optim.name, cfg.optim.lr) == ("simclr", 1536, "adam", 1e-3)
+    assert 0 < cfg.data.grad_cache_chunk < cfg.data.batch_size and cpu.data.grad_cache_chunk == 0
+    assert (cfg.schedule.epochs_per_phase, cfg.schedule.steps_per_phase) == (1.0, None)
+    assert phase_steps(cfg.schedule, cfg.data.max_train_images, cfg.data.batch_size) == 2
+    assert cfg.schedule.phases == cpu.schedule.phases and cfg.optim.final_lr_fraction == cpu.optim.final_lr_fraction
+    assert differing_keys(cfg, cpu) == ["data.batch_size", "data.grad_cache_chunk", "method", "optim.lr",
+                                        "schedule.checkpoint_every", "schedule.steps_per_phase"]
+    with pytest.raises(ValueError, match="data.grad_cache_chunk must be >= 0"):
+        load_config("simclr-paper", ["data.grad_cache_chunk=-1"])
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):

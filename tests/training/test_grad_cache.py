@@ -104,3 +104,28 @@ def test_untrained_encodings_are_detached_and_not_cached():
         cache.embed(lambda a, b: a, torch.zeros(3, 1), torch.zeros(2, 1))
     with pytest.raises(ValueError, match=">= 0"):
         GradCache(-1)
+
+
+def test_simclr_paper_preset_trains_and_resumes_exactly_at_tiny_size(tmp_path, make_images):
+    """The preset's own settings (lr and its cosine, grad caching) at tiny sizes, one segment of 2 steps over
+    batches of 6 in sub-batches of 4 and 2: a run stopped after one step and resumed ends with the straight
+    run's weights."""
+    from safetensors.torch import load_file
+
+    from qkcopy.training.loop import train
+
+    images = make_images(tmp_path / "train", 24, size=40, prefix="t")
+    tiny = ["model.weights=null", "model.image_size=32", "model.test_size=null", "model.hidden=32",
+            "model.descriptor_dim=16", "data.batch_size=6", "data.grad_cache_chunk=4", "data.workers=0",
+            "data.pca_images=24", "data.max_train_images=null", "schedule.phases=[Q]", "schedule.steps_per_phase=2",
+            "device=cpu"]
+    cfg = load_config("simclr-paper", tiny)
+    train(cfg, images, tmp_path / "straight")
+    train(cfg, images, tmp_path / "stopped", stop_after_steps=1)
+    train(cfg, images, tmp_path / "stopped", resume=True)
+    log = [line for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and '"lr": 0.001,' in log[0] and '"lr": 0.00075,' in log[1]  # cosine from 1e-3 to half
+    straight, resumed = (load_file(tmp_path / d / "checkpoints" / "latest" / "weights.safetensors")
+                         for d in ("straight", "stopped"))
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
