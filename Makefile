@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[hashes,milvus,dev]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-kernels
+.PHONY: install demo test test-kernels fuzz
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -21,3 +21,8 @@ test: $(STAMP)
 # qk/ and training/ tests under every other kernel setting the machine supports (AVX2, AVX-512, AMX, threads).
 test-kernels: $(STAMP)
 	bash .ci/kernels
+
+# The service's contract fuzzed for longer (schemathesis against a real `qkcopy serve`; docs/SERVING.md).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	QKCOPY_FUZZ_SECONDS=$(FUZZ_SECONDS) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -s tests/serve/test_contract.py

@@ -1,8 +1,13 @@
 """Fixtures of the service tests (imported by them): a collection of drawn pictures described by the tiny run."""
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import draw_images
 from PIL import Image, ImageEnhance
@@ -78,3 +83,26 @@ def collection_dir(collection_template, tmp_path, request) -> Path:
 @pytest.fixture
 def keys(collection_template) -> dict:
     return collection_template[1]
+
+
+def start_server(collection, port, log, *args):
+    """`qkcopy serve COLLECTION` (one torch thread, CPU) on 127.0.0.1:`port`, output into `log`; returns the
+    process once /readyz answers 200."""
+    env = {**os.environ, "QKCOPY_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "qkcopy", "serve", str(collection), "--device", "cpu",
+                             "--threads", "1", "--snapshot-interval", "1", *args], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.flush()
+            raise AssertionError(f"the server exited with {proc.returncode}:\n"
+                                 + open(log.name, errors="replace").read()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("the server did not become ready within 120 s")

@@ -118,7 +118,7 @@ def _truncated(path) -> bytes:
     ("write-only key matching", 403, "forbidden", "lacks the 'read' scope"),
     ("missing images", 422, "invalid_request", "images"),
     ("k out of range", 422, "invalid_request", "k"),
-    ("control character in bank", 400, "bad_request", "bank name"),
+    ("control character in bank", 422, "invalid_request", "bank: String should match pattern"),
 ])
 def test_bad_match_requests(api, keys, pictures, case, status, code, needle):
     good = jpeg(pictures["copies"][0])
@@ -162,7 +162,7 @@ def test_bad_match_requests(api, keys, pictures, case, status, code, needle):
     ("metadata not JSON", 400, "metadata: not valid JSON"),
     ("metadata not an object", 400, "metadata: must be a JSON object"),
     ("missing image", 422, "image"),
-    ("bad bank", 400, "bank name"),
+    ("bad bank", 422, "bank: String should match pattern"),
 ])
 def test_bad_reference_requests(api, keys, pictures, case, status, needle):
     files, data, headers = {"image": jpeg(pictures["others"][2])}, {}, h(keys["read+write"])

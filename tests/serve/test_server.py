@@ -4,15 +4,13 @@ restarted: every acknowledged reference is there and the index equals the databa
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from conftest import draw_images
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
+from served import collection_dir, collection_template, keys, pictures, start_server, trained  # noqa: F401
 from testkit import free_port
 
 from qkcopy.cli import main
@@ -22,27 +20,6 @@ from qkcopy.collection import Collection
 STORES = ["faiss", "milvus-lite"]  # the service is the same on both vector stores
 
 
-def _start(collection, port, log):
-    env = {**os.environ, "QKCOPY_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "qkcopy", "serve", str(collection), "--device", "cpu",
-                             "--threads", "1", "--snapshot-interval", "1"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.flush()
-            raise AssertionError(f"the server exited with {proc.returncode}:\n"
-                                 + open(log.name, errors="replace").read()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the server did not become ready within 120 s")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("collection_dir", STORES, indirect=True)
 def test_kill_9_mid_burst_then_restart_keeps_every_acknowledged_reference(collection_dir, keys, tmp_path, capsys):
@@ -50,7 +27,7 @@ def test_kill_9_mid_burst_then_restart_keeps_every_acknowledged_reference(collec
     port, url = free_port(), None
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "wb")
-    server = _start(collection_dir, port, log)
+    server = start_server(collection_dir, port, log)
     acked: dict[int, str] = {}
     try:
         def add(path):
@@ -74,7 +51,7 @@ def test_kill_9_mid_burst_then_restart_keeps_every_acknowledged_reference(collec
                 f.result(timeout=60)
         assert 12 <= len(acked) < 40, f"{len(acked)} acknowledged: the kill did not land mid-burst"
 
-        server = _start(collection_dir, port, log)
+        server = start_server(collection_dir, port, log)
         with Client(url, keys["read"]) as client:
             for ref_id, name in acked.items():
                 assert client.get(ref_id)["name"] == name

@@ -9,6 +9,7 @@ Letters: B batch (items in a collated batch).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -31,16 +32,23 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 WHITE = (255, 255, 255)
 
 
-class ImageError(DataError):
-    """An image file that cannot be used; `path` is the file, `reason` says why."""
+# Reason codes of ImageError: what kind of bad image, for callers that act on the kind (the service maps each
+# to one HTTP status in qkcopy.serve.errors) rather than on the message text.
+MISSING, EMPTY, UNIDENTIFIED, FORMAT, TOO_MANY_PIXELS, BOMB, CORRUPT = (
+    "missing", "empty", "unidentified", "format", "too_many_pixels", "bomb", "corrupt")
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+
+class ImageError(DataError):
+    """An image file that cannot be used; `path` is the file, `reason` says why, `code` is the kind of fault."""
+
+    def __init__(self, path: str | Path, reason: str, code: str = CORRUPT) -> None:
         self.path = Path(path)
         self.reason = reason
+        self.code = code
         super().__init__(f"{self.path}: {reason}", self.path)
 
     def __reduce__(self):  # picklable across DataLoader worker processes
-        return type(self), (self.path, self.reason)
+        return type(self), (self.path, self.reason, self.code)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -69,32 +77,52 @@ def load_image(path: str | Path, *, max_pixels: int = 100_000_000) -> Image.Imag
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(path, "no such file")
+        raise ImageError(path, "no such file", MISSING)
     if path.stat().st_size == 0:
-        raise ImageError(path, "empty file (0 bytes)")
+        raise ImageError(path, "empty file (0 bytes)", EMPTY)
+    # Scoped to this call: PIL's bomb *warning* becomes an error here only (not thread-safe, like every
+    # warnings.catch_warnings; DataLoader workers are processes, so this is fine).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<upload>", *, max_pixels: int = 100_000_000,
+                 formats: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})) -> Image.Image:
+    """`load_image` for bytes (an upload), decoded from memory: the same guards, and the format sniffed from the
+    content (not a name) and refused unless in `formats`; raises `ImageError` naming `name` and the reason.
+
+    Thread-safe (no warnings filter): the pixel count is checked against PIL's bomb limit explicitly."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)", EMPTY)
+    return _decode(io.BytesIO(data), name, min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels), formats)
+
+
+def _decode(source, name: str | Path, max_pixels: int, formats: frozenset[str] | None = None) -> Image.Image:
+    """The one decoder behind `load_image` and `decode_image` (`source`: a path or a binary file object)."""
     try:
-        # Scoped to this call: PIL's bomb *warning* becomes an error here only (not thread-safe, like
-        # every warnings.catch_warnings; DataLoader workers are processes, so this is fine).
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageError(path, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
-                img.load()  # decode now so truncation is caught here, not later
-                try:
-                    img = ImageOps.exif_transpose(img) or img
-                except Exception as err:  # a broken EXIF block should not cost the picture
-                    log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, err)
-                return _to_rgb(img)
+        with Image.open(source) as img:
+            if formats is not None and img.format not in formats:
+                raise ImageError(name, f"image format {img.format} is not accepted (accepted: "
+                                 f"{', '.join(sorted(formats))})", FORMAT)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(name, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels}",
+                                 TOO_MANY_PIXELS)
+            img.load()  # decode now so truncation is caught here, not later
+            try:
+                img = ImageOps.exif_transpose(img) or img
+            except Exception as err:  # a broken EXIF block should not cost the picture
+                log.debug("%s: ignoring unreadable EXIF orientation (%s)", name, err)
+            return _to_rgb(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(path, f"decompression bomb refused ({err})") from err
+        raise ImageError(name, f"decompression bomb refused, too many pixels ({err})", BOMB) from err
     except Image.UnidentifiedImageError as err:
-        raise ImageError(path, "not an image PIL can identify") from err
+        raise ImageError(name, "not an image PIL can identify", UNIDENTIFIED) from err
     except Exception as err:  # truncated or corrupt data: PIL raises OSError, SyntaxError, ValueError…
-        raise ImageError(path, f"cannot decode ({type(err).__name__}: {err})") from err
+        raise ImageError(name, f"cannot decode ({type(err).__name__}: {err})", CORRUPT) from err
 
 
 def scan_images(folder: str | Path) -> list[Path]:
@@ -260,28 +288,3 @@ def valid_images(paths: Sequence[Path], what: str = "training images") -> list[P
             skips.add(err)
     skips.report(log, what)
     return kept
-
-
-def decode_image(data: bytes, name: str = "<upload>", *, max_pixels: int = 100_000_000,
-                 formats: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})) -> Image.Image:
-    """`load_image` for bytes (an upload): the same guards, and the format sniffed from the content, not a
-    name; raises `ImageError` naming `name` and the reason."""
-    import io
-    import tempfile
-
-    if not data:
-        raise ImageError(name, "empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            kind = probe.format
-    except Exception as err:
-        raise ImageError(name, "not an image PIL can identify") from err
-    if kind not in formats:
-        raise ImageError(name, f"image format {kind} is not accepted (accepted: {', '.join(sorted(formats))})")
-    with tempfile.NamedTemporaryFile(suffix=".img") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        try:
-            return load_image(tmp.name, max_pixels=max_pixels)
-        except ImageError as err:
-            raise ImageError(name, err.reason) from err

@@ -20,19 +20,17 @@ import time
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from qkcopy.serve import errors, routes_admin, routes_match, routes_references, schemas
+from qkcopy.serve import errors, routes_admin, routes_match, routes_references
 from qkcopy.serve.auth import KeyRing
 from qkcopy.serve.guards import BodyLimit
-from qkcopy.serve.metrics import Metrics
+from qkcopy.serve.metrics import ServiceMetrics
 from qkcopy.serve.service import MatchService
 
 log = logging.getLogger(__name__)
 
-COMMON_ERRORS = {status: {"model": schemas.Error} for status in (400, 401, 403, 413, 422, 429, 503)}
-
 
 def create_app(service: MatchService, keys: KeyRing, snapshot_interval_s: float = 300.0) -> FastAPI:
-    metrics = Metrics(service)
+    metrics = ServiceMetrics(service)
     service.batcher.on_batch = metrics.on_batch
 
     @contextlib.asynccontextmanager
@@ -48,7 +46,7 @@ def create_app(service: MatchService, keys: KeyRing, snapshot_interval_s: float 
         await run_in_threadpool(service.collection.snapshot)
 
     app = FastAPI(title="qkcopy", description="Image copy detection over a reference collection (QK descriptors).",
-                  version="1", lifespan=lifespan, responses=COMMON_ERRORS)
+                  version="1", lifespan=lifespan)
     app.state.service, app.state.keys, app.state.metrics = service, keys, metrics
     app.add_middleware(BodyLimit, limit=service.limits.max_upload_bytes)
     errors.install(app)

@@ -15,6 +15,15 @@ from qkcopy.serve.auth import Principal
 from qkcopy.serve.service import MatchService, Timeout, Upload
 
 MAX_NAME = 200
+IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff"  # sniffed, not trusted
+
+
+def file_part(field: str) -> dict:
+    """OpenAPI multipart `encoding` of a file field: image types, and a filename in Content-Disposition (a part
+    without one is a text field to the multipart parser, and is refused with 422)."""
+    disposition = f'form-data; name="{field}"; filename="image.jpg"'
+    return {field: {"contentType": IMAGE_TYPES, "headers": {"Content-Disposition": {
+        "description": "must carry a filename", "schema": {"type": "string"}, "example": disposition}}}}
 
 
 def service(request: Request) -> MatchService:

@@ -16,7 +16,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         too_big = error_response(413, "too_large", f"request body over the limit of {self.limit} bytes")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and not declared.isdigit():
+            return await error_response(400, "bad_request", "Content-Length: not a number")(scope, receive, send)
+        if declared is not None and int(declared) > self.limit:
             return await too_big(scope, receive, send)
         body, more = [], True
         size = 0

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from qkcopy.serve.service import MatchService
 
 
-class Metrics:
+class ServiceMetrics:
     def __init__(self, service: MatchService) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("qkcopy_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)

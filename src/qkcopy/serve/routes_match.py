@@ -6,24 +6,31 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve import schemas
-from qkcopy.serve.deps import need, read_uploads, service, wait
-from qkcopy.serve.service import MatchService, UploadError
+from qkcopy.serve.deps import file_part, need, read_uploads, service, wait
+from qkcopy.serve.schemas import BANK_PATTERN, BANK_SCHEMA, errors
+from qkcopy.serve.service import MatchService, TooLarge
 
 router = APIRouter()
 
 
-@router.post("/v1/match", response_model=schemas.MatchResponse, dependencies=[need("read")],
-             summary="Is each uploaded image a copy of a reference? Top-k matches with scores and verdicts.")
-async def match(images: list[UploadFile] = File(..., description="one or more image files"),
-                k: int = Form(10, ge=1, le=100), bank: str | None = Form(None, min_length=1, max_length=64),
+@router.post("/v1/match", operation_id="match", response_model=schemas.MatchResponse, dependencies=[need("read")],
+             summary="Is each uploaded image a copy of a reference? Top-k matches with scores and verdicts.",
+             responses=errors(400, 401, 403, 413, 415, 422, 429, 503),
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {
+                 "encoding": file_part("images")}}}})
+async def match(images: list[UploadFile] = File(..., description="one or more image files (the server's limit: "
+                                                "--max-images, 16 by default; more is 413)"),
+                k: int = Form(10, ge=1, le=100, description="matches per image"),
+                bank: str = Form("", max_length=64, pattern=BANK_PATTERN, json_schema_extra=BANK_SCHEMA,
+                                 description="search this bank only (empty: every bank)"),
                 svc: MatchService = Depends(service)):
     if len(images) > svc.limits.max_images:
-        raise UploadError(413, f"{len(images)} images in one request; the limit is {svc.limits.max_images}")
+        raise TooLarge(f"{len(images)} images in one request; the limit is {svc.limits.max_images}")
     uploads = await read_uploads(svc, images)
     futures = []
     try:
         for u in uploads:
-            futures.append(svc.submit_match(u, k, bank))
+            futures.append(svc.submit_match(u, k, bank or None))
     except Exception:
         for f in futures:
             f.cancel()
@@ -34,5 +41,5 @@ async def match(images: list[UploadFile] = File(..., description="one or more im
     return schemas.MatchResponse(
         model=svc.collection.fingerprint, threshold=t,
         results=[schemas.ImageResult(image=u.name, is_copy=any_copy([m.score for m in ms], t),
-                                     matches=[schemas.Match(**vars(m)) for m in ms])
+                                     matches=[schemas.MatchedRef(**vars(m)) for m in ms])
                  for u, ms in zip(uploads, found)])

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+MAX_ID = 2 ** 63 - 1  # reference ids: SQLite INTEGER and faiss idx_t are signed 64-bit; ids start at 1
+
+
+# Bank names: no control characters (the pattern), and printable as `str.isprintable` says (format "printable",
+# the collection's rule, which no short regex states exactly: the contract fuzz registers it as a strategy).
+BANK_PATTERN = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+BANK_SCHEMA = {"format": "printable"}
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="machine-readable kind, e.g. bad_image, unauthorized, overloaded")
@@ -14,7 +22,13 @@ class Error(BaseModel):
     error: ErrorBody
 
 
-class Match(BaseModel):
+def errors(*statuses: int) -> dict:
+    """OpenAPI `responses` for these error statuses, each with the error model (Retry-After on 429/503)."""
+    retry = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+    return {s: {"model": Error, **({"headers": retry} if s in (429, 503) else {})} for s in statuses}
+
+
+class MatchedRef(BaseModel):
     id: int = Field(description="reference id")
     name: str
     bank: str
@@ -26,7 +40,7 @@ class Match(BaseModel):
 class ImageResult(BaseModel):
     image: str = Field(description="the uploaded file's name")
     is_copy: bool | None = Field(description="any match is a copy (null: no threshold)")
-    matches: list[Match]
+    matches: list[MatchedRef]
 
 
 class MatchResponse(BaseModel):
@@ -66,7 +80,7 @@ class Recent(BaseModel):
     name: str
     thumbnail: str = Field(description="data: URL of the query's thumbnail")
     is_copy: bool | None
-    matches: list[Match]
+    matches: list[MatchedRef]
 
 
 class Health(BaseModel):

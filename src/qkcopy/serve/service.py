@@ -5,9 +5,9 @@ decoded and checked on the caller's thread (`prepare`: size limit, content sniff
 guard, all in qkcopy.data.images.decode_image), then submitted as a job; the batcher's worker runs Q (or K,
 for new references) over the batch and searches the index once for all of the batch's queries.
 
-Typed errors, each mapped to one HTTP status in app.py: `UploadError` (its `status`: 413 too large, 415 not
-an accepted image, 422 undecodable), `NotFound`, batcher.Overloaded (429), batcher.NotRunning and
-`Timeout` (503).
+Typed errors, each kind mapped to one HTTP status in serve/errors.py: `TooLarge` (a body, a field or a count
+over its limit), data.images.ImageError (its `code` says which fault: empty, unidentified, format,
+too_many_pixels, bomb, corrupt), `NotFound`, batcher.Overloaded, batcher.NotRunning and `Timeout`.
 
 Letters: B batch, E descriptor dim, k neighbours.
 """
@@ -29,7 +29,7 @@ import numpy as np
 from qkcopy.collection import Collection, MatchRow, NewRef
 from qkcopy.collection.collection import check_bank
 from qkcopy.collection.describe import Describer, Prepared, sha256, thumbnail
-from qkcopy.data.images import ImageError, decode_image
+from qkcopy.data.images import decode_image
 from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve.batcher import Batcher
 
@@ -47,10 +47,8 @@ class Limits:
     queue_size: int = 64
 
 
-class UploadError(ValueError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class TooLarge(ValueError):
+    """A request body, an upload, a field or a count over the service's limit."""
 
 
 class NotFound(LookupError):
@@ -108,14 +106,8 @@ class MatchService:
     def prepare(self, data: bytes, name: str) -> Upload:
         """Decode and check one uploaded file (content sniffed, bomb-guarded) into model inputs."""
         if len(data) > self.limits.max_upload_bytes:
-            raise UploadError(413, f"{name}: {len(data)} bytes is over the limit of {self.limits.max_upload_bytes}")
-        try:
-            img = decode_image(data, name, max_pixels=self.limits.max_pixels)
-        except ImageError as err:
-            reason = err.reason
-            status = (413 if "pixels is over the limit" in reason or "decompression bomb" in reason
-                      else 415 if "identify" in reason or "not accepted" in reason or "empty" in reason else 422)
-            raise UploadError(status, str(err)) from err
+            raise TooLarge(f"{name}: {len(data)} bytes is over the limit of {self.limits.max_upload_bytes}")
+        img = decode_image(data, name, max_pixels=self.limits.max_pixels)  # ImageError, its code the kind
         return Upload(name, self.describer.prepare(img), sha256(data), thumbnail(img))
 
     def submit_match(self, upload: Upload, k: int, bank: str | None) -> Future:
