@@ -33,7 +33,8 @@ def schemathesis(url: str, key: str, reports: Path, seconds: int) -> subprocess.
                f"{url}/openapi.json", "-H", f"Authorization: Bearer {key}", "--seed", "42",
                "--phases", "examples,coverage,fuzzing,stateful", "--max-time", str(seconds), "--workers", "1",
                "--request-timeout", "30", "--report", "json,ndjson", "--report-dir", str(reports), "--no-color"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 120)
+    reports.mkdir(parents=True, exist_ok=True)  # and its cache (.schemathesis/) goes next to it, not into the checkout
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 120, cwd=reports)
 
 
 def checks_run(ndjson: Path) -> dict[str, int]:

@@ -77,19 +77,25 @@ def allowed_methods(request: Request) -> str:
                                                for r in routes))
 
 
-def handle(request: Request, err: Exception) -> JSONResponse:
+def response_for(err: Exception, headers: dict | None = None) -> JSONResponse:
+    """The error response of `err`, by the table (the guards in front of the app use it too)."""
     status, code, _ = kind_of(err)
-    headers = dict(getattr(err, "headers", None) or {})
-    if status == 405:  # RFC 9110: a 405 says which methods the resource has
-        headers["Allow"] = allowed_methods(request)
+    headers = dict(headers or {})
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status in (429, 503):
         headers["Retry-After"] = str(getattr(err, "retry_after", 1))
-    if status >= 500 and code == "internal":
+    message = "internal error; the server's log has the details" if code == "internal" else _message(err)
+    return error_response(status, code, message, headers)
+
+
+def handle(request: Request, err: Exception) -> JSONResponse:
+    headers = dict(getattr(err, "headers", None) or {})
+    if isinstance(err, HTTPException) and err.status_code == 405:  # RFC 9110: say which methods there are
+        headers["Allow"] = allowed_methods(request)
+    if kind_of(err)[1] == "internal":
         log.error("%s %s failed", request.method, request.url.path, exc_info=err)
-        return error_response(status, code, "internal error; the server's log has the details", headers)
-    return error_response(status, code, _message(err), headers)
+    return response_for(err, headers)
 
 
 def install(app: FastAPI) -> None:

@@ -1,8 +1,9 @@
-"""ASGI guards in front of the app: request bodies capped before any parsing."""
+"""ASGI guards in front of the app: request bodies capped before any parsing (answers by errors.TABLE)."""
 
 from __future__ import annotations
 
-from qkcopy.serve.errors import error_response
+from qkcopy.serve.errors import response_for
+from qkcopy.serve.service import TooLarge
 
 
 class BodyLimit:
@@ -15,9 +16,9 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        too_big = error_response(413, "too_large", f"request body over the limit of {self.limit} bytes")
+        too_big = response_for(TooLarge(f"request body over the limit of {self.limit} bytes"))
         if declared is not None and not declared.isdigit():
-            return await error_response(400, "bad_request", "Content-Length: not a number")(scope, receive, send)
+            return await response_for(ValueError("Content-Length: not a number"))(scope, receive, send)
         if declared is not None and int(declared) > self.limit:
             return await too_big(scope, receive, send)
         body, more = [], True

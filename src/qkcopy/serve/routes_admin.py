@@ -39,8 +39,11 @@ def healthz():
     return schemas.Health(status="ok")
 
 
-@router.get("/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health, "description": "not ready (Retry-After)", "headers": {
-                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}})
+NOT_READY = {"model": schemas.Health, "description": "not ready (Retry-After)",
+             "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
+
+
+@router.get("/readyz", response_model=schemas.Health, responses={503: NOT_READY})
 def readyz(svc: MatchService = Depends(service)):
     if not svc.ready:
         return JSONResponse({"status": "not ready"}, 503, {"Retry-After": "1"})
