@@ -15,6 +15,7 @@ from qkcopy.model.inference import Embeddings
 from qkcopy.model.trained import TrainedModels
 from qkcopy.evaluation.knn import search_predictions
 from qkcopy.evaluation.metrics import Metrics, isc_metrics
+from qkcopy.evaluation.region_search import RegionPredictions, region_predictions
 
 
 @dataclass(frozen=True)
@@ -23,24 +24,38 @@ class ModelEvaluation:
     references: Embeddings  # (Nr, E) with K
     predictions: Predictions  # the k nearest references of each query, score −squared L2
     metrics: Metrics  # µAP, recall at precision 0.9, recall@1
+    regions: RegionPredictions | None = None  # with query regions: each prediction's winning box
 
 
 def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, batch_size: int = 64,
-                   workers: int = 2) -> ModelEvaluation:
+                   workers: int = 2, regions: int = 0, region_margin: float = 0.0) -> ModelEvaluation:
     """Describe the benchmark's queries (Q) and references (K), search, score.
 
     Args:
         trained: the model (its own input size and device).
         benchmark: queries, references and the ground truth (ours or DISC21's layout).
         k: neighbours kept per query (ISC2021 `--knn`).
+        regions: query regions described beside the whole query (`TrainedModels.describe_regions`); a pair's
+            score is then the best over the query's regions (`region_search`), with `region_margin` added to
+            every region's squared distance but the whole image's.
     Returns:
         `ModelEvaluation` with the descriptors, the predictions and the metrics.
     Raises:
         ValueError: no readable query or reference image.
     """
-    queries = trained.describe("query", benchmark.query_paths, batch_size, workers, "queries")
+    table = None
+    if regions:
+        table = trained.describe_regions(benchmark.query_paths, regions, batch_size, workers, "query regions")
+        queries = table.whole()
+    else:
+        queries = trained.describe("query", benchmark.query_paths, batch_size, workers, "queries")
     refs = trained.describe("reference", benchmark.reference_paths, batch_size, workers, "references")
     if not queries.ids or not refs.ids:
         raise ValueError(f"{benchmark.root}: no readable {'queries' if not queries.ids else 'references'}")
-    preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k)
-    return ModelEvaluation(queries, refs, preds, isc_metrics(preds, benchmark.ground_truth))
+    if table is None:
+        preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k)
+        return ModelEvaluation(queries, refs, preds, isc_metrics(preds, benchmark.ground_truth))
+    found = region_predictions(table.ids, table.vectors, table.owner, table.boxes, refs.ids, refs.vectors, k,
+                               region_margin)
+    return ModelEvaluation(queries, refs, found.predictions, isc_metrics(found.predictions, benchmark.ground_truth),
+                           found)

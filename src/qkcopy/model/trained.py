@@ -24,6 +24,7 @@ from qkcopy.model.descriptor import DescriptorModel, build_qk_models, param_fing
 from qkcopy.model.gist256 import Gist256
 from qkcopy.model.inference import Embeddings, embed_paths
 from qkcopy.model.pca import PCA
+from qkcopy.model.regions import RegionEmbeddings, embed_regions
 
 
 SIDES = ("query", "reference")  # Q describes queries, K references
@@ -83,6 +84,14 @@ class TrainedModels:
         model = self.model(side)
         return embed_paths(model, self.gist256, [Path(p) for p in paths], self.input_size, batch_size=batch_size,
                            workers=workers, device=self.device, desc=desc or f"{side} images")
+
+    def describe_regions(self, paths: Sequence[str | Path], n: int, batch_size: int = 64, workers: int = 2,
+                         desc: str | None = None) -> RegionEmbeddings:
+        """Q descriptors of each query image and of `n` regions proposed in it (`qkcopy.model.regions`): the
+        whole image first, then the regions, with their boxes in the image's pixels. References stay whole."""
+        return embed_regions(self.q, self.gist256, [Path(p) for p in paths], self.input_size, n,
+                             batch_size=batch_size, workers=workers, device=self.device,
+                             desc=desc or "query regions")
 
     @property
     def fingerprint(self) -> str:
