@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options
+from qkcopy.cli import add_embedding_options, count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "this benchmark, e.g. one made with `make-benchmark --heldout all`")
     p.add_argument("--test-size", type=int, help="input side for the descriptors [the run's model.test_size, "
                    "else its training size]")
+    p.add_argument("--regions", type=count(0), default=0,
+                   help="also describe N regions of each query (a copy inside a bigger picture); a pair's score is "
+                        "the best over them; regions.csv gives each pair's winning box [0]")
+    p.add_argument("--region-margin", type=float, default=0.0,
+                   help="added to a region's squared distance (not the whole query's) [0]")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -45,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     heldout = load_benchmark(args.heldout_benchmark) if args.heldout_benchmark else None
     cal = calibrate(trained, benchmark, out, k=args.k, normalize=args.normalize, beta=args.beta,
                     n_background=args.n_background, max_background=args.max_background,
-                    batch_size=args.batch, workers=args.workers, rule=args.calibration, heldout=heldout)
+                    batch_size=args.batch, workers=args.workers, rule=args.calibration, heldout=heldout,
+                    regions=args.regions, region_margin=args.region_margin)
     rows = [("raw", cal.metrics)] + ([(f"normalised β={args.beta:g}", cal.normalized)] if cal.normalized else [])
     print(f"{'scores':16s} {'µAP':>7s} {'R@P90':>7s} {'recall@1':>9s}")
     for name, m in rows:

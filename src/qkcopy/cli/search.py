@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "pairs scoring at or above it are copies [none: rank only]")
     p.add_argument("--nprobe", type=count(1), help="IVF cells searched [the index's default]")
     p.add_argument("--out", type=Path, required=True, help="results file, .csv or .json")
+    p.add_argument("--regions", type=count(0), default=0,
+                   help="also describe N regions of each image (a copy inside a bigger picture); a reference's "
+                        "score is the best over them and each match carries the winning box [0]")
+    p.add_argument("--region-margin", type=float, default=0.0,
+                   help="added to a region's squared distance (not the whole image's) [0]")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -45,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     trained = load_trained(args.model, args.device)
     index = ReferenceIndex.load(args.index)
     result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
-                         batch_size=args.batch, workers=args.workers)
+                         batch_size=args.batch, workers=args.workers, regions=args.regions,
+                         region_margin=args.region_margin)
     write_matches(result, args.out)
     print(result.summary())
     print(f"results: {args.out}")

@@ -42,7 +42,7 @@ from qkcopy.evaluation.metrics import Metrics, isc_metrics, precision_recall_at_
 from qkcopy.evaluation.per_family import per_family_metrics, query_families
 from qkcopy.evaluation.threshold import Threshold, choose_threshold, save_threshold
 from qkcopy.evaluation.transfer import family_transfer, pooled, quiet_metrics
-from qkcopy.io import atomic_write_json
+from qkcopy.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,11 @@ class Calibration:
 
 def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool = False, beta: float = 1.0,
               n_background: int = 10, max_background: int | None = None, batch_size: int = 64,
-              workers: int = 2, rule: str = "lower-bound", heldout=None) -> Calibration:
+              workers: int = 2, rule: str = "lower-bound", heldout=None, regions: int = 0,
+              region_margin: float = 0.0) -> Calibration:
     """Evaluate `trained` (a `qkcopy.model.trained.TrainedModels`) on `benchmark` and write the calibration to `out`;
-    `heldout`: a second benchmark the threshold is checked on (`qkcopy.evaluation.transfer`)."""
+    `heldout`: a second benchmark the threshold is checked on (`qkcopy.evaluation.transfer`); `regions`: query
+    regions scored best-of (`evaluate_model`), the threshold then holds for scores searched with as many."""
     from qkcopy.evaluation.model_eval import evaluate_model
     from qkcopy.evaluation.plots import plot_pr_curves
 
@@ -99,9 +101,11 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                          "query that is a copy of a reference — check its ground-truth CSV")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_model(trained, benchmark, k, batch_size, workers)
+    result = evaluate_model(trained, benchmark, k, batch_size, workers, regions, region_margin)
     queries, refs, preds, metrics = result.queries, result.references, result.predictions, result.metrics
     preds.to_csv(out / "predictions.csv")
+    if result.regions is not None:
+        _write_boxes(result.regions, out / "regions.csv")
     threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root),
                                  rule)
     families, per_family = _family_transfer(benchmark, preds, threshold.rule)
@@ -111,10 +115,11 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
     summary = dict(benchmark=str(benchmark.root), fingerprint=trained.fingerprint, checkpoint=str(trained.checkpoint),
                    k=k, n_queries=len(queries.ids), n_references=len(refs.ids),
                    skipped=queries.skipped + refs.skipped, raw=metrics.as_dict(), threshold=asdict(threshold),
-                   families_left_out=[asdict(f) for f in families], families=per_family)
+                   families_left_out=[asdict(f) for f in families], families=per_family,
+                   regions=regions, region_margin=region_margin)
     held = None
     if heldout is not None:
-        other = evaluate_model(trained, heldout, k, batch_size, workers)
+        other = evaluate_model(trained, heldout, k, batch_size, workers, regions, region_margin)
         precision, recall, flagged = precision_recall_at_threshold(other.predictions, heldout.ground_truth,
                                                                    threshold.score)
         held = summary["heldout"] = dict(benchmark=str(heldout.root), precision=precision, recall=recall,
@@ -149,3 +154,12 @@ def _family_transfer(benchmark, preds: Predictions, rule: str) -> tuple[list, di
         scores = {f: dict(micro_ap=m.micro_ap, recall_at_1=m.recall_at_1, copies=m.n_positives)
                   for f, m in per_family_metrics(preds, gt, families).items()}
     return family_transfer(preds, gt, families, conservative=rule == "lower-bound"), scores
+
+
+def _write_boxes(found, path: Path) -> None:
+    """regions.csv: query_id,reference_id,x0,y0,x1,y1 — each prediction's winning region in query pixels."""
+    p = found.predictions
+    lines = ["query_id,reference_id,x0,y0,x1,y1"] + [
+        f"{q},{r},{','.join(map(str, b))}" for q, r, b in zip(p.query_ids.tolist(), p.reference_ids.tolist(),
+                                                             found.boxes.tolist())]
+    atomic_write(path, "\n".join(lines) + "\n")

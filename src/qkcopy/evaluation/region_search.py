@@ -55,7 +55,21 @@ def region_predictions(query_ids: Sequence[str], vectors: np.ndarray, owner: np.
     if len(reference_ids) != len(r_vecs):
         raise ValueError(f"{len(reference_ids)} reference ids for {len(r_vecs)} reference vectors")
     sqdist, index = knn_search(vectors, r_vecs, k)  # (T, k) float32, (T, k) int64
-    first = np.r_[True, owner[1:] != owner[:-1]]  # (T,) the whole image's row of each query
+    q, r, d, row = best_over_regions(owner, sqdist, index, margin)
+    qids, rids = np.asarray(query_ids, dtype=str), np.asarray(reference_ids, dtype=str)
+    preds = Predictions(qids[q], rids[r], -d)
+    return RegionPredictions(preds, boxes[row].astype(np.int64), row.astype(np.int64))
+
+
+def best_over_regions(owner: np.ndarray, sqdist: np.ndarray, index: np.ndarray,
+                      margin: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge the regions' search results (sqdist (T, k), index (T, k), −1 = none) into each query's k best
+    references: (query row (C,), reference row (C,), distance (C,) float64 with the margin, region row (C,)),
+    sorted by query row then ascending distance (ties: lower reference row)."""
+    if sqdist.ndim != 2 or index.shape != sqdist.shape or owner.shape != (len(sqdist),):
+        raise ValueError(f"expected owner (T,), sqdist and index (T, k), got {owner.shape}, {sqdist.shape}, "
+                         f"{index.shape}")
+    first = np.r_[True, owner[1:] != owner[:-1]] if len(owner) else np.zeros(0, bool)  # (T,) whole-image rows
     sqdist = sqdist.astype(np.float64) + np.where(first, 0.0, margin)[:, None]  # (T, k)
     kk = sqdist.shape[1]
     row = np.repeat(np.arange(len(owner)), kk)  # (T*k,) region row of each candidate
@@ -70,7 +84,4 @@ def region_predictions(query_ids: Sequence[str], vectors: np.ndarray, owner: np.
     q, r, d, row = q[order], r[order], d[order], row[order]
     rank = np.arange(len(q)) - np.searchsorted(q, q, side="left")  # (C,) position within its query
     keep = rank < kk
-    q, r, d, row = q[keep], r[keep], d[keep], row[keep]
-    qids, rids = np.asarray(query_ids, dtype=str), np.asarray(reference_ids, dtype=str)
-    preds = Predictions(qids[q], rids[r], -d)
-    return RegionPredictions(preds, boxes[row].astype(np.int64), row.astype(np.int64))
+    return q[keep], r[keep], d[keep], row[keep]

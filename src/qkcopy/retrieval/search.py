@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from qkcopy.errors import DataError
+from qkcopy.evaluation.region_search import best_over_regions
 from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
 from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
@@ -25,7 +28,7 @@ from qkcopy.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("query", "reference", "score", "is_copy")
+FIELDS = ("query", "reference", "score", "is_copy", "box")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class SearchMatch:
     reference: str
     score: float  # −squared L2 between the query's Q descriptor and the reference's K descriptor
     is_copy: bool | None  # None when no threshold was given
+    box: tuple[int, int, int, int] | None = None  # with query regions: the region that won, in query pixels
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,10 @@ class CopySearch:
 
 def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 10,
                 threshold: Threshold | float | None = None, nprobe: int | None = None, batch_size: int = 64,
-                workers: int = 2) -> CopySearch:
-    """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`."""
+                workers: int = 2, regions: int = 0, region_margin: float = 0.0) -> CopySearch:
+    """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`.
+    With `regions` > 0 each image is also described by that many proposed regions, a reference's score is the
+    best over them (`qkcopy.evaluation.region_search`) and each match carries the winning box."""
     index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
     if isinstance(threshold, Threshold):
         threshold.check_model(trained.fingerprint)
@@ -79,18 +85,22 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
     if not paths:
         raise ValueError("no query images given")
     image_ids(paths)
-    emb = trained.describe("query", paths, batch_size, workers, "queries")
+    if regions:
+        emb = trained.describe_regions(paths, regions, batch_size, workers, "query regions")
+        owner, boxes = emb.owner, emb.boxes
+    else:
+        emb = trained.describe("query", paths, batch_size, workers, "queries")
+        owner, boxes = np.arange(len(emb.ids)), np.zeros((len(emb.ids), 4), np.int64)
     if not emb.ids:
         raise DataError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}",
                         emb.skipped[0])
-    sqdist, rows = index.search(emb.vectors, k, nprobe)  # (Nq, k), (Nq, k)
+    sqdist, rows = index.search(emb.vectors, k, nprobe)  # (T, k), (T, k): one row per query or region
+    q, r, d, row = best_over_regions(owner, sqdist, rows, region_margin)
     matches = []
-    for qid, dists, refs in zip(emb.ids, sqdist.tolist(), rows.tolist()):
-        for d, r in zip(dists, refs):
-            if r < 0:  # IVF with too few probed cells: fewer than k neighbours
-                continue
-            score = -float(d)
-            matches.append(SearchMatch(qid, index.ids[r], score, is_copy(score, threshold)))
+    for qi, ri, di, wi in zip(q.tolist(), r.tolist(), d.tolist(), row.tolist()):
+        score = -float(di)
+        box = tuple(int(v) for v in boxes[wi]) if regions else None
+        matches.append(SearchMatch(emb.ids[qi], index.ids[ri], score, is_copy(score, threshold), box))
     return CopySearch(matches, emb.ids, emb.skipped, threshold)
 
 
@@ -119,6 +129,7 @@ def write_matches(result: CopySearch, path: str | Path) -> Path:
         w = csv.writer(f)
         w.writerow(FIELDS)
         for m in result.matches:
-            w.writerow([m.query, m.reference, repr(m.score), "" if m.is_copy is None else int(m.is_copy)])
+            w.writerow([m.query, m.reference, repr(m.score), "" if m.is_copy is None else int(m.is_copy),
+                        "" if m.box is None else " ".join(map(str, m.box))])
     return path
 

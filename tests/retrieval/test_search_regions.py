@@ -1,0 +1,40 @@
+"""`qkcopy eval --regions` and `qkcopy search --regions`: a copy pasted into another picture is found, with its box."""
+
+import csv
+import json
+
+import numpy as np
+
+from conftest import draw_images
+from testkit import FAST
+from qkcopy.cli import main
+from qkcopy.data.regions import box_iou
+from PIL import Image
+
+
+def test_eval_and_search_with_regions_find_the_pasted_copy(tiny_run, tmp_path, one_thread):
+    refs = draw_images(tmp_path / "bench" / "references", 12, seed=10, size=160, prefix="R000")
+    host = Image.open(draw_images(tmp_path / "hosts", 1, seed=31, size=320)[0]).convert("RGB")
+    true_box = (100, 60, 260, 220)  # the reference at half the host's side
+    host.paste(Image.open(refs[5]).convert("RGB").resize((160, 160)), true_box[:2])
+    (tmp_path / "bench" / "queries").mkdir()
+    host.save(tmp_path / "bench" / "queries" / "Q00000.jpg", quality=90)
+    (tmp_path / "bench" / "ground_truth.csv").write_text("query_id,reference_id\nQ00000,R000005\n")
+    (tmp_path / "bench" / "manifest.json").write_text(json.dumps({"format": "qkcopy-benchmark/1"}))
+
+    assert main(["eval", "--model", str(tiny_run), "--benchmark", str(tmp_path / "bench"), "--k", "3",
+                 "--regions", "8", "--out", str(tmp_path / "ev")] + FAST) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["regions"] == 8 and summary["raw"]["recall_at_1"] == 1.0
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "regions.csv")))
+    win = next(r for r in rows if r["reference_id"] == "R000005")
+    box = [int(win[c]) for c in ("x0", "y0", "x1", "y1")]
+    assert box_iou(np.array([box]), np.array([true_box]))[0, 0] >= 0.5
+
+    assert main(["index", "--model", str(tiny_run), "--references", str(tmp_path / "bench" / "references"),
+                 "--out", str(tmp_path / "idx")] + FAST) == 0
+    assert main(["search", "--model", str(tiny_run), "--index", str(tmp_path / "idx"), "--regions", "8", "--k", "2",
+                 str(tmp_path / "bench" / "queries" / "Q00000.jpg"), "--out", str(tmp_path / "r.json")] + FAST) == 0
+    best = json.loads((tmp_path / "r.json").read_text())["matches"][0]
+    assert best["reference"] == "R000005"
+    assert box_iou(np.array([best["box"]]), np.array([true_box]))[0, 0] >= 0.5
