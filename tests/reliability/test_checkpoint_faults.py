@@ -3,7 +3,8 @@
 A real `qkcopy train --benchmark` process (the shipped preset's data settings at tiny sizes) dies like
 `kill -9` (`checkpoint_faults.py`: os._exit, no cleanup) at one chosen event — inside each checkpoint file's
 write (a torn file), before each rename of each swap, before and after each evaluation row — then
-`qkcopy train --resume` runs to the end (each in a process forked from a driver that imported torch once). Every run must end with the straight run's weights bit for bit, the
+`qkcopy train --resume` runs to the end (each in a process forked from a driver that imported torch once).
+Every event of the first phase's end is tried, and every rename of the last one's. Every run must end with the straight run's weights bit for bit, the
 folder listing init/K1/Q1/latest and no dot-entries, and one evaluation row per segment.
 """
 
@@ -76,8 +77,10 @@ def test_the_events_cover_every_write_swap_and_evaluation(straight):
 def test_a_kill_at_every_checkpoint_event_resumes_to_the_same_run(straight, tiny_benchmark, tmp_path):
     run0, events = straight
     want = weights(run0)
-    # every event from the first phase's end on (the init checkpoint's are covered by the restart rule)
-    targets = range(events.index("write Q1/weights.safetensors") + 1, len(events) + 1)
+    # every event of the first phase's end (the init checkpoint's are covered by the restart rule), and every
+    # rename of the last phase's end (`latest` replaced: its old copy set aside, then the new one swapped in)
+    first, row = events.index("write Q1/weights.safetensors"), events.index("evaluated Q1")
+    targets = [i + 1 for i, e in enumerate(events) if first <= i <= row or (i > row and e.startswith("swap"))]
     jobs = []
     for target in targets:
         jobs += [job(tmp_path / f"kill{target}", tiny_benchmark, target),
