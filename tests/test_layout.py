@@ -90,3 +90,14 @@ def test_atomic_writes_only_in_the_writer():
     hand_rolled = [name for name, p in _modules().items()
                    if name != "qkcopy.io" and any(s in p.read_text() for s in ("os.replace(", "mkstemp(", "mkdtemp("))]
     assert not hand_rolled, f"rename-into-place outside qkcopy.io: {hand_rolled}"
+
+
+def test_no_two_public_classes_share_a_name():
+    """One concept, one name: a public class name (no leading underscore) is defined in one module only."""
+    seen: dict[str, list[str]] = {}
+    for name, path in _modules().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                seen.setdefault(node.name, []).append(name)
+    shared = {cls: where for cls, where in seen.items() if len(where) > 1}
+    assert not shared, f"public class names defined more than once: {shared}"
