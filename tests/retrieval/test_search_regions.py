@@ -23,13 +23,17 @@ def test_eval_and_search_with_regions_find_the_pasted_copy(tiny_run, tmp_path, o
     (tmp_path / "bench" / "manifest.json").write_text(json.dumps({"format": "qkcopy-benchmark/1"}))
 
     assert main(["eval", "--model", str(tiny_run), "--benchmark", str(tmp_path / "bench"), "--k", "3",
-                 "--regions", "8", "--out", str(tmp_path / "ev")] + FAST) == 0
+                 "--regions", "8", "--verify", "2", "--out", str(tmp_path / "ev")] + FAST) == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["regions"] == 8 and summary["raw"]["recall_at_1"] == 1.0
     rows = list(csv.DictReader(open(tmp_path / "ev" / "regions.csv")))
     win = next(r for r in rows if r["reference_id"] == "R000005")
     box = [int(win[c]) for c in ("x0", "y0", "x1", "y1")]
     assert box_iou(np.array([box]), np.array([true_box]))[0, 0] >= 0.5
+    checked = {(r["query_id"], r["reference_id"]): r for r in csv.DictReader(open(tmp_path / "ev" / "verification.csv"))}
+    assert len(checked) == 2 and summary["verify"]["k"] == 2
+    assert ("Q00000", "R000005") in checked  # drawn shapes hold too few SIFT keypoints to verify: see test_verify
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 and int(r["inliers"]) >= 0 for r in checked.values())
 
     assert main(["index", "--model", str(tiny_run), "--references", str(tmp_path / "bench" / "references"),
                  "--out", str(tmp_path / "idx")] + FAST) == 0

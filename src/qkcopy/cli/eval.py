@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the best over them; regions.csv gives each pair's winning box [0]")
     p.add_argument("--region-margin", type=float, default=0.0,
                    help="added to a region's squared distance (not the whole query's) [0]")
+    p.add_argument("--verify", type=count(0), default=0, metavar="K",
+                   help="verify each query's K best references by local features (SIFT + RANSAC) and re-score "
+                        "them: score + bonus × confidence; verification.csv gives inliers and the copy's outline [0]")
+    p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
+    p.add_argument("--verify-bonus", type=float, default=1.0, help="score added at confidence 1 [1.0]")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     cal = calibrate(trained, benchmark, out, k=args.k, normalize=args.normalize, beta=args.beta,
                     n_background=args.n_background, max_background=args.max_background,
                     batch_size=args.batch, workers=args.workers, rule=args.calibration, heldout=heldout,
-                    regions=args.regions, region_margin=args.region_margin)
+                    regions=args.regions, region_margin=args.region_margin, verify=_verify_config(args))
     rows = [("raw", cal.metrics)] + ([(f"normalised β={args.beta:g}", cal.normalized)] if cal.normalized else [])
     print(f"{'scores':16s} {'µAP':>7s} {'R@P90':>7s} {'recall@1':>9s}")
     for name, m in rows:
@@ -63,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     _print_transfer(cal)
     print(f"outputs: {out}")
     return 0
+
+
+def _verify_config(args: argparse.Namespace):
+    from qkcopy.data.verify import VerifyConfig
+
+    return VerifyConfig(k=args.verify, max_side=args.verify_side, bonus=args.verify_bonus) if args.verify else None
 
 
 def _print_transfer(cal) -> None:

@@ -88,10 +88,12 @@ class Calibration:
 def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool = False, beta: float = 1.0,
               n_background: int = 10, max_background: int | None = None, batch_size: int = 64,
               workers: int = 2, rule: str = "lower-bound", heldout=None, regions: int = 0,
-              region_margin: float = 0.0) -> Calibration:
+              region_margin: float = 0.0, verify=None) -> Calibration:
     """Evaluate `trained` (a `qkcopy.model.trained.TrainedModels`) on `benchmark` and write the calibration to `out`;
     `heldout`: a second benchmark the threshold is checked on (`qkcopy.evaluation.transfer`); `regions`: query
-    regions scored best-of (`evaluate_model`), the threshold then holds for scores searched with as many."""
+    regions scored best-of (`evaluate_model`), the threshold then holds for scores searched with as many;
+    `verify` (a `qkcopy.data.verify.VerifyConfig`): the top candidates re-scored by local features, the threshold
+    calibrated on those final scores."""
     from qkcopy.evaluation.model_eval import evaluate_model
     from qkcopy.evaluation.plots import plot_pr_curves
 
@@ -101,11 +103,13 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                          "query that is a copy of a reference — check its ground-truth CSV")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_model(trained, benchmark, k, batch_size, workers, regions, region_margin)
+    result = evaluate_model(trained, benchmark, k, batch_size, workers, regions, region_margin, verify)
     queries, refs, preds, metrics = result.queries, result.references, result.predictions, result.metrics
     preds.to_csv(out / "predictions.csv")
     if result.regions is not None:
         _write_boxes(result.regions, out / "regions.csv")
+    if result.verified is not None:
+        _write_verified(result.verified, out / "verification.csv")
     threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root),
                                  rule)
     families, per_family = _family_transfer(benchmark, preds, threshold.rule)
@@ -116,10 +120,10 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                    k=k, n_queries=len(queries.ids), n_references=len(refs.ids),
                    skipped=queries.skipped + refs.skipped, raw=metrics.as_dict(), threshold=asdict(threshold),
                    families_left_out=[asdict(f) for f in families], families=per_family,
-                   regions=regions, region_margin=region_margin)
+                   regions=regions, region_margin=region_margin, verify=None if verify is None else asdict(verify))
     held = None
     if heldout is not None:
-        other = evaluate_model(trained, heldout, k, batch_size, workers, regions, region_margin)
+        other = evaluate_model(trained, heldout, k, batch_size, workers, regions, region_margin, verify)
         precision, recall, flagged = precision_recall_at_threshold(other.predictions, heldout.ground_truth,
                                                                    threshold.score)
         held = summary["heldout"] = dict(benchmark=str(heldout.root), precision=precision, recall=recall,
@@ -162,4 +166,15 @@ def _write_boxes(found, path: Path) -> None:
     lines = ["query_id,reference_id,x0,y0,x1,y1"] + [
         f"{q},{r},{','.join(map(str, b))}" for q, r, b in zip(p.query_ids.tolist(), p.reference_ids.tolist(),
                                                              found.boxes.tolist())]
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+def _write_verified(verified: dict, path: Path) -> None:
+    """verification.csv: query_id,reference_id,inliers,matches,confidence,ms, the box and the quadrilateral (the
+    reference's corners in query pixels, x y × 4; empty when no geometry was found)."""
+    lines = ["query_id,reference_id,inliers,matches,confidence,ms,x0,y0,x1,y1,quad"]
+    for (q, r), v in verified.items():
+        box = ",".join(map(str, v.box)) if v.box else ",,,"
+        quad = "" if v.quad is None else " ".join(f"{x:.1f}" for x in v.quad.ravel().tolist())
+        lines.append(f"{q},{r},{v.inliers},{v.matches},{v.confidence:.4f},{v.seconds * 1000:.1f},{box},{quad}")
     atomic_write(path, "\n".join(lines) + "\n")

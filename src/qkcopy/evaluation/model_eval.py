@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 from qkcopy.data.benchmark import Benchmark
 from qkcopy.data.isc_csv import Predictions
+from qkcopy.data.verify import Verification, VerifyConfig, verify_predictions
 from qkcopy.model.inference import Embeddings
 from qkcopy.model.trained import TrainedModels
 from qkcopy.evaluation.knn import search_predictions
@@ -25,10 +28,12 @@ class ModelEvaluation:
     predictions: Predictions  # the k nearest references of each query, score −squared L2
     metrics: Metrics  # µAP, recall at precision 0.9, recall@1
     regions: RegionPredictions | None = None  # with query regions: each prediction's winning box
+    verified: dict[tuple[str, str], Verification] | None = None  # with verification: each verified pair's result
 
 
 def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, batch_size: int = 64,
-                   workers: int = 2, regions: int = 0, region_margin: float = 0.0) -> ModelEvaluation:
+                   workers: int = 2, regions: int = 0, region_margin: float = 0.0,
+                   verify: VerifyConfig | None = None) -> ModelEvaluation:
     """Describe the benchmark's queries (Q) and references (K), search, score.
 
     Args:
@@ -38,6 +43,8 @@ def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, ba
         regions: query regions described beside the whole query (`TrainedModels.describe_regions`); a pair's
             score is then the best over the query's regions (`region_search`), with `region_margin` added to
             every region's squared distance but the whole image's.
+        verify: when given, the top `verify.k` references of each query are verified by local features and
+            re-scored (`qkcopy.data.verify.verify_predictions`); the metrics are of the final scores.
     Returns:
         `ModelEvaluation` with the descriptors, the predictions and the metrics.
     Raises:
@@ -52,10 +59,16 @@ def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, ba
     refs = trained.describe("reference", benchmark.reference_paths, batch_size, workers, "references")
     if not queries.ids or not refs.ids:
         raise ValueError(f"{benchmark.root}: no readable {'queries' if not queries.ids else 'references'}")
+    found = None
     if table is None:
         preds = search_predictions(queries.ids, queries.vectors, refs.ids, refs.vectors, k=k)
-        return ModelEvaluation(queries, refs, preds, isc_metrics(preds, benchmark.ground_truth))
-    found = region_predictions(table.ids, table.vectors, table.owner, table.boxes, refs.ids, refs.vectors, k,
-                               region_margin)
-    return ModelEvaluation(queries, refs, found.predictions, isc_metrics(found.predictions, benchmark.ground_truth),
-                           found)
+    else:
+        found = region_predictions(table.ids, table.vectors, table.owner, table.boxes, refs.ids, refs.vectors, k,
+                                   region_margin)
+        preds = found.predictions
+    verified = None
+    if verify is not None:
+        preds, verified = verify_predictions(preds, dict(zip(benchmark.query_ids, benchmark.query_paths)),
+                                             dict(zip(benchmark.reference_ids, benchmark.reference_paths)),
+                                             verify, progress=tqdm)
+    return ModelEvaluation(queries, refs, preds, isc_metrics(preds, benchmark.ground_truth), found, verified)
