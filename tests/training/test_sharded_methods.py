@@ -1,4 +1,5 @@
-"""SimCLR- and MoCo-style under torchrun: 2 gloo ranks, negatives all-gathered, train like one process."""
+"""SimCLR- and MoCo-style under torchrun: 2 gloo ranks, negatives all-gathered, train like one process; and
+QK with gradient caching on 2 ranks (its plain sharded run: tests/training/test_loop.py)."""
 
 import json
 import os
@@ -25,7 +26,7 @@ def _log(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, chunk", [("simclr", 0), ("moco", 0), ("simclr", 1)])
+@pytest.mark.parametrize("method, chunk", [("simclr", 0), ("moco", 0), ("simclr", 1), ("qk", 1)])
 def test_torchrun_two_ranks_trains_like_one_process(images, tmp_path, method, chunk):
     """One process encodes the batch of 4 at once; 2 ranks encode 2 items each (in sub-batches of `chunk`
     with gradient caching) and all-gather the descriptors. The same per-step losses and first-step gradient
@@ -46,3 +47,5 @@ def test_torchrun_two_ranks_trains_like_one_process(images, tmp_path, method, ch
     assert two[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-4)
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
     assert [r["d2_neg_mean"] for r in two] == pytest.approx([r["d2_neg_mean"] for r in one], rel=1e-4)
+    if method == "qk":  # the certified choice of bank negatives (qk.certify): the same pairs at every step
+        assert [r["negatives"] for r in two] == [r["negatives"] for r in one]
