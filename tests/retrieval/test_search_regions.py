@@ -40,5 +40,19 @@ def test_eval_and_search_with_regions_find_the_pasted_copy(tiny_run, tmp_path, o
     assert main(["search", "--model", str(tiny_run), "--index", str(tmp_path / "idx"), "--regions", "8", "--k", "2",
                  str(tmp_path / "bench" / "queries" / "Q00000.jpg"), "--out", str(tmp_path / "r.json")] + FAST) == 0
     best = json.loads((tmp_path / "r.json").read_text())["matches"][0]
-    assert best["reference"] == "R000005"
+    assert best["reference"] == "R000005" and best["confidence"] is None
     assert box_iou(np.array([best["box"]]), np.array([true_box]))[0, 0] >= 0.5
+    assert main(["search", "--model", str(tiny_run), "--index", str(tmp_path / "idx"), "--regions", "8", "--k", "2",
+                 "--verify", "2", "--references", str(tmp_path / "bench" / "references"),
+                 str(tmp_path / "bench" / "queries" / "Q00000.jpg"), "--out", str(tmp_path / "v.json")] + FAST) == 0
+    rows = json.loads((tmp_path / "v.json").read_text())["matches"]
+    assert len(rows) == 2 and all(0.0 <= m["confidence"] <= 1.0 for m in rows)
+    assert rows[0]["score"] >= rows[1]["score"]
+
+
+def test_search_verify_without_references_is_refused(tiny_run, built_index, tiny_benchmark, tmp_path, capsys):
+    from testkit import refused
+
+    refused(["search", "--model", str(tiny_run), "--index", str(built_index), "--verify", "2",
+             str(tiny_benchmark / "queries" / "Q00000.jpg"), "--out", str(tmp_path / "r.csv")], capsys,
+            "--verify needs --references")

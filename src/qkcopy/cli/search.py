@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "score is the best over them and each match carries the winning box [0]")
     p.add_argument("--region-margin", type=float, default=0.0,
                    help="added to a region's squared distance (not the whole image's) [0]")
+    p.add_argument("--verify", type=count(0), default=0, metavar="K",
+                   help="verify each image's K best matches by local features (SIFT + RANSAC) and re-score them; "
+                        "needs --references [0]")
+    p.add_argument("--references", type=Path, help="folder of the indexed reference images (for --verify)")
+    p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
+    p.add_argument("--verify-bonus", type=float, default=1.0, help="score added at confidence 1 [1.0]")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -47,11 +53,19 @@ def run(args: argparse.Namespace) -> int:
         if not p.exists():
             raise FileNotFoundError(f"query image {p} not found")
         paths += scan_images(p) if p.is_dir() else [p]
+    verify, refs = None, None
+    if args.verify:
+        from qkcopy.data.verify import VerifyConfig
+
+        if args.references is None:
+            raise ValueError("--verify needs --references DIR, the folder of the indexed reference images")
+        verify = VerifyConfig(k=args.verify, max_side=args.verify_side, bonus=args.verify_bonus)
+        refs = {p.stem: p for p in scan_images(args.references)}
     trained = load_trained(args.model, args.device)
     index = ReferenceIndex.load(args.index)
     result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
                          batch_size=args.batch, workers=args.workers, regions=args.regions,
-                         region_margin=args.region_margin)
+                         region_margin=args.region_margin, verify=verify, reference_paths=refs)
     write_matches(result, args.out)
     print(result.summary())
     print(f"results: {args.out}")

@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qkcopy.data.isc_csv import Predictions
+from qkcopy.data.verify import verify_predictions
 from qkcopy.errors import DataError
 from qkcopy.evaluation.region_search import best_over_regions
 from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
@@ -28,7 +30,7 @@ from qkcopy.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("query", "reference", "score", "is_copy", "box")
+FIELDS = ("query", "reference", "score", "is_copy", "box", "confidence")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class SearchMatch:
     reference: str
     score: float  # −squared L2 between the query's Q descriptor and the reference's K descriptor
     is_copy: bool | None  # None when no threshold was given
-    box: tuple[int, int, int, int] | None = None  # with query regions: the region that won, in query pixels
+    box: tuple[int, int, int, int] | None = None  # the region that won (or the verified outline), query pixels
+    confidence: float | None = None  # local-feature verification's confidence, when the pair was verified
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,16 @@ class CopySearch:
 
 def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 10,
                 threshold: Threshold | float | None = None, nprobe: int | None = None, batch_size: int = 64,
-                workers: int = 2, regions: int = 0, region_margin: float = 0.0) -> CopySearch:
+                workers: int = 2, regions: int = 0, region_margin: float = 0.0, verify=None,
+                reference_paths: Mapping[str, Path] | None = None) -> CopySearch:
     """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`.
     With `regions` > 0 each image is also described by that many proposed regions, a reference's score is the
-    best over them (`qkcopy.evaluation.region_search`) and each match carries the winning box."""
+    best over them (`qkcopy.evaluation.region_search`) and each match carries the winning box. With `verify` (a
+    `qkcopy.data.verify.VerifyConfig`) and the references' files by id, each image's top `verify.k` matches are
+    verified by local features and re-scored (score + bonus × confidence); a verified match's box is the copy's
+    outline found by the homography."""
+    if verify is not None and reference_paths is None:
+        raise ValueError("verification needs the reference images: give their folder (--references)")
     index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
     if isinstance(threshold, Threshold):
         threshold.check_model(trained.fingerprint)
@@ -96,11 +105,21 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
                         emb.skipped[0])
     sqdist, rows = index.search(emb.vectors, k, nprobe)  # (T, k), (T, k): one row per query or region
     q, r, d, row = best_over_regions(owner, sqdist, rows, region_margin)
+    scores = -d  # (C,) float64
+    checked = {}
+    if verify is not None:
+        found = Predictions(np.asarray(emb.ids)[q], np.asarray(index.ids)[r], scores)
+        found, checked = verify_predictions(found, {p.stem: p for p in paths}, reference_paths, verify)
+        scores = found.scores
     matches = []
-    for qi, ri, di, wi in zip(q.tolist(), r.tolist(), d.tolist(), row.tolist()):
-        score = -float(di)
-        box = tuple(int(v) for v in boxes[wi]) if regions else None
-        matches.append(SearchMatch(emb.ids[qi], index.ids[ri], score, is_copy(score, threshold), box))
+    for qi, ri, si, wi in zip(q.tolist(), r.tolist(), scores.tolist(), row.tolist()):
+        qid, rid = emb.ids[qi], index.ids[ri]
+        v = checked.get((qid, rid))
+        box = v.box if v is not None and v.box is not None and v.confidence > 0 else \
+            (tuple(int(x) for x in boxes[wi]) if regions else None)
+        matches.append(SearchMatch(qid, rid, float(si), is_copy(float(si), threshold), box,
+                                   None if v is None else v.confidence))
+    matches.sort(key=lambda m: (emb.ids.index(m.query), -m.score))  # best first within each query
     return CopySearch(matches, emb.ids, emb.skipped, threshold)
 
 
@@ -130,6 +149,7 @@ def write_matches(result: CopySearch, path: str | Path) -> Path:
         w.writerow(FIELDS)
         for m in result.matches:
             w.writerow([m.query, m.reference, repr(m.score), "" if m.is_copy is None else int(m.is_copy),
-                        "" if m.box is None else " ".join(map(str, m.box))])
+                        "" if m.box is None else " ".join(map(str, m.box)),
+                        "" if m.confidence is None else f"{m.confidence:.4f}"])
     return path
 
