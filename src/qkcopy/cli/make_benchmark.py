@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from qkcopy.data.augment import STRENGTHS
-from qkcopy.data.families import FAMILIES
+from qkcopy.data.families import BENCHMARK_FAMILIES, FAMILIES
 from qkcopy.data.synth import DEV_BENCHMARK, DEV_IMAGES, DEV_TRAIN_IMAGES, BenchmarkOptions, make_benchmark
 
 # option name -> BenchmarkOptions field
@@ -53,6 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--strength", choices=STRENGTHS, help=f"query edit strength (default {d.strength})")
     p.add_argument("--heldout", metavar="FAMILIES",
                    help=f"queries made only with these edit families' own edits (comma list, or all: "
-                        f"{','.join(FAMILIES)}); train with data.holdout_families=[…] to keep them unseen")
+                        f"{','.join(FAMILIES)}; by name only: {','.join(BENCHMARK_FAMILIES)}); train with "
+                        "data.holdout_families=[…] to keep them unseen")
     p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark in --out")
     p.set_defaults(func=_run)

@@ -249,7 +249,7 @@ def _heldout_query(tmp: Path, qid: str, kind: str, ref: str | None, src: _Source
     r = random.Random(seed)
     family = opt.heldout[r.randrange(len(opt.heldout))]
     picks = [backgrounds[r.randrange(len(backgrounds))] for _ in range(3)] if backgrounds else []
-    others = [load_image(b.path) for b in picks] if family == "collage" else []
+    others = [load_image(b.path) for b in picks] if family in ("collage", "paste") else []
     img = heldout_edit(load_image(src.path), family, seed, others)
     _write_jpeg(img, tmp / "queries" / f"{qid}.jpg", opt.jpeg_quality)
     return {"id": qid, "kind": kind, "reference_id": ref, **src.record(), "seed": seed, "family": family,

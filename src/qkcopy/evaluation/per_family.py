@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from qkcopy.data.benchmark import MANIFEST, Benchmark
-from qkcopy.data.families import FAMILIES, family_of_op
+from qkcopy.data.families import BENCHMARK_FAMILIES, FAMILIES, family_of_op
 from qkcopy.data.isc_csv import GroundTruth, Predictions
 from qkcopy.evaluation.metrics import Metrics, isc_metrics
 
@@ -74,14 +74,16 @@ def family_table(results: Mapping[str, Mapping[str, Metrics]], counts: Mapping[s
 
 
 def parse_groups(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """`NAME=FAM,FAM` specs (NAME=all: every family) → {name: families}; a bad spec is a ValueError naming it."""
+    """`NAME=FAM,FAM` specs (NAME=all: every family, the benchmark-only ones included) → {name: families}; a bad
+    spec is a ValueError naming it."""
+    known = FAMILIES + tuple(BENCHMARK_FAMILIES)
     groups = {}
     for spec in specs:
         name, _, members = spec.partition("=")
-        chosen = FAMILIES if members == "all" else tuple(m for m in members.split(",") if m)
-        unknown = sorted(set(chosen) - set(FAMILIES))
+        chosen = known if members == "all" else tuple(m for m in members.split(",") if m)
+        unknown = sorted(set(chosen) - set(known))
         if not name or not chosen or unknown:
-            raise ValueError(f"--group {spec!r}: expected NAME=FAMILY,FAMILY… with families among {list(FAMILIES)}")
+            raise ValueError(f"--group {spec!r}: expected NAME=FAMILY,FAMILY… with families among {list(known)}")
         groups[name] = chosen
     return groups
 
