@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the best over them; regions.csv gives each pair's winning box [0]")
     p.add_argument("--region-margin", type=float, default=0.0,
                    help="added to a region's squared distance (not the whole query's) [0]")
+    p.add_argument("--region-size", type=count(32), help="input side the regions are described at [the model's]")
     p.add_argument("--verify", type=count(0), default=0, metavar="K",
                    help="verify each query's K best references by local features (SIFT + RANSAC) and re-score "
                         "them: score + bonus × confidence; verification.csv gives inliers and the copy's outline [0]")
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     cal = calibrate(trained, benchmark, out, k=args.k, normalize=args.normalize, beta=args.beta,
                     n_background=args.n_background, max_background=args.max_background,
                     batch_size=args.batch, workers=args.workers, rule=args.calibration, heldout=heldout,
-                    regions=args.regions, region_margin=args.region_margin, verify=_verify_config(args))
+                    regions=args.regions, region_margin=args.region_margin, verify=_verify_config(args),
+                    region_size=args.region_size)
     rows = [("raw", cal.metrics)] + ([(f"normalised β={args.beta:g}", cal.normalized)] if cal.normalized else [])
     print(f"{'scores':16s} {'µAP':>7s} {'R@P90':>7s} {'recall@1':>9s}")
     for name, m in rows:

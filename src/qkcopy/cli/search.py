@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "score is the best over them and each match carries the winning box [0]")
     p.add_argument("--region-margin", type=float, default=0.0,
                    help="added to a region's squared distance (not the whole image's) [0]")
+    p.add_argument("--region-size", type=count(32), help="input side the regions are described at [the model's]")
     p.add_argument("--verify", type=count(0), default=0, metavar="K",
                    help="verify each image's K best matches by local features (SIFT + RANSAC) and re-score them; "
                         "needs --references [0]")
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     index = ReferenceIndex.load(args.index)
     result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
                          batch_size=args.batch, workers=args.workers, regions=args.regions,
-                         region_margin=args.region_margin, verify=verify, reference_paths=refs)
+                         region_margin=args.region_margin, verify=verify, reference_paths=refs,
+                         region_size=args.region_size)
     write_matches(result, args.out)
     print(result.summary())
     print(f"results: {args.out}")

@@ -88,7 +88,7 @@ class Calibration:
 def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool = False, beta: float = 1.0,
               n_background: int = 10, max_background: int | None = None, batch_size: int = 64,
               workers: int = 2, rule: str = "lower-bound", heldout=None, regions: int = 0,
-              region_margin: float = 0.0, verify=None) -> Calibration:
+              region_margin: float = 0.0, verify=None, region_size: int | None = None) -> Calibration:
     """Evaluate `trained` (a `qkcopy.model.trained.TrainedModels`) on `benchmark` and write the calibration to `out`;
     `heldout`: a second benchmark the threshold is checked on (`qkcopy.evaluation.transfer`); `regions`: query
     regions scored best-of (`evaluate_model`), the threshold then holds for scores searched with as many;
@@ -103,7 +103,7 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                          "query that is a copy of a reference — check its ground-truth CSV")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_model(trained, benchmark, k, batch_size, workers, regions, region_margin, verify)
+    result = evaluate_model(trained, benchmark, k, batch_size, workers, regions, region_margin, verify, region_size)
     queries, refs, preds, metrics = result.queries, result.references, result.predictions, result.metrics
     preds.to_csv(out / "predictions.csv")
     if result.regions is not None:
@@ -120,10 +120,12 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
                    k=k, n_queries=len(queries.ids), n_references=len(refs.ids),
                    skipped=queries.skipped + refs.skipped, raw=metrics.as_dict(), threshold=asdict(threshold),
                    families_left_out=[asdict(f) for f in families], families=per_family,
-                   regions=regions, region_margin=region_margin, verify=None if verify is None else asdict(verify))
+                   regions=regions, region_margin=region_margin, region_size=region_size,
+                   verify=None if verify is None else asdict(verify))
     held = None
     if heldout is not None:
-        other = evaluate_model(trained, heldout, k, batch_size, workers, regions, region_margin, verify)
+        other = evaluate_model(trained, heldout, k, batch_size, workers, regions, region_margin, verify,
+                               region_size)
         precision, recall, flagged = precision_recall_at_threshold(other.predictions, heldout.ground_truth,
                                                                    threshold.score)
         held = summary["heldout"] = dict(benchmark=str(heldout.root), precision=precision, recall=recall,

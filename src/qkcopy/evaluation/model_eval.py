@@ -33,7 +33,7 @@ class ModelEvaluation:
 
 def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, batch_size: int = 64,
                    workers: int = 2, regions: int = 0, region_margin: float = 0.0,
-                   verify: VerifyConfig | None = None) -> ModelEvaluation:
+                   verify: VerifyConfig | None = None, region_size: int | None = None) -> ModelEvaluation:
     """Describe the benchmark's queries (Q) and references (K), search, score.
 
     Args:
@@ -42,7 +42,8 @@ def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, ba
         k: neighbours kept per query (ISC2021 `--knn`).
         regions: query regions described beside the whole query (`TrainedModels.describe_regions`); a pair's
             score is then the best over the query's regions (`region_search`), with `region_margin` added to
-            every region's squared distance but the whole image's.
+            every region's squared distance but the whole image's; `region_size`: the regions' input side
+            (default the model's).
         verify: when given, the top `verify.k` references of each query are verified by local features and
             re-scored (`qkcopy.data.verify.verify_predictions`); the metrics are of the final scores.
     Returns:
@@ -52,7 +53,8 @@ def evaluate_model(trained: TrainedModels, benchmark: Benchmark, k: int = 10, ba
     """
     table = None
     if regions:
-        table = trained.describe_regions(benchmark.query_paths, regions, batch_size, workers, "query regions")
+        table = trained.describe_regions(benchmark.query_paths, regions, batch_size, workers, "query regions",
+                                         region_size)
         queries = table.whole()
     else:
         queries = trained.describe("query", benchmark.query_paths, batch_size, workers, "queries")

@@ -55,15 +55,19 @@ class RegionEmbeddings:
 
 
 class RegionCrops:
-    """Dataset transform: an image → (boxes (R, 4) int64, model inputs (R, 3, S, S), GIST inputs (R, 3, 32, 32))."""
+    """Dataset transform: an image → (boxes (R, 4) int64, whole-image input (1, 3, S, S), region inputs
+    (R − 1, 3, S', S') at the regions' own side S', GIST inputs (R, 3, 32, 32))."""
 
-    def __init__(self, n: int, size: int):
-        self.n, self.size = n, size
+    def __init__(self, n: int, size: int, region_size: int):
+        self.n, self.size, self.region_size = n, size, region_size
 
     def __call__(self, img: Image.Image):
         boxes = propose_regions(img, self.n)  # (R, 4)
-        pairs = [image_pair(img.crop(tuple(int(v) for v in box)), self.size) for box in boxes]
-        return (torch.from_numpy(boxes), torch.stack([p for p, _ in pairs]), torch.stack([g for _, g in pairs]))
+        pairs = [image_pair(img.crop(tuple(int(v) for v in box)), self.size if i == 0 else self.region_size)
+                 for i, box in enumerate(boxes)]
+        regions = torch.stack([p for p, _ in pairs[1:]]) if len(pairs) > 1 else \
+            torch.zeros(0, 3, self.region_size, self.region_size)
+        return (torch.from_numpy(boxes), pairs[0][0][None], regions, torch.stack([g for _, g in pairs]))
 
 
 class RegionCollate:
@@ -78,23 +82,25 @@ class RegionCollate:
         if not kept:
             return [], None, bad
         owner = torch.cat([torch.full((len(v[0]),), i, dtype=torch.long) for i, v in kept])  # (T_b,)
-        boxes, pixels, gist = (torch.cat([v[k] for _, v in kept]) for k in range(3))
+        whole = torch.cat([torch.arange(len(v[0])) == 0 for _, v in kept])  # (T_b,) bool: the whole-image rows
+        boxes, wholes, regions, gist = (torch.cat([v[k] for _, v in kept]) for k in range(4))
         if self.gist256 is not None:
             with torch.no_grad():
                 gist = self.gist256(gist)  # (T_b, G)
-        return owner, (boxes, pixels, gist), bad
+        return owner, (boxes, whole, wholes, regions, gist), bad
 
 
 @torch.no_grad()
 def embed_regions(model: torch.nn.Module, gist256: Gist256, paths: Sequence[Path], image_size: int, n: int,
                   batch_size: int = 64, workers: int = 2, device: torch.device | str = "cpu",
-                  desc: str = "regions") -> RegionEmbeddings:
-    """Descriptors of each image and of its `n` proposed regions with `model(pixels, g256)`; unreadable files
-    skipped and reported. `batch_size` counts crops: about batch_size / (1 + n) images a batch."""
+                  desc: str = "regions", region_size: int | None = None) -> RegionEmbeddings:
+    """Descriptors of each image (at `image_size`) and of its `n` proposed regions (at `region_size`, default
+    `image_size`: a smaller side makes regions cheaper) with `model(pixels, g256)`; unreadable files skipped and
+    reported. `batch_size` counts crops: about batch_size / (1 + n) images a batch."""
     if n < 0:
         raise ValueError(f"the number of regions must be >= 0, got {n}")
     device = torch.device(device)
-    dataset = ImageDataset(paths, RegionCrops(n, image_size))
+    dataset = ImageDataset(paths, RegionCrops(n, image_size, region_size or image_size))
     in_workers = device.type == "cpu" and workers > 0
     gist256.to("cpu" if in_workers else device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, batch_size // (1 + n)), num_workers=workers,
@@ -105,11 +111,16 @@ def embed_regions(model: torch.nn.Module, gist256: Gist256, paths: Sequence[Path
         skipped.extend(bad)
         if data is None:
             continue
-        box, pixels, gist = data
+        box, whole, wholes, regions, gist = data
         g256 = gist.to(device) if in_workers else gist256(gist.to(device))  # (T_b, G)
         with autocast(device):
-            v = model(pixels.to(device), g256)  # (T_b, E)
-        vectors.append(v.float().cpu().numpy())
+            vw = model(wholes.to(device), g256[whole.to(device)]).float().cpu()  # (B_b, E)
+            vr = model(regions.to(device), g256[~whole.to(device)]).float().cpu() if len(regions) else None
+        v = torch.empty(len(box), vw.shape[1])  # (T_b, E)
+        v[whole] = vw
+        if vr is not None:
+            v[~whole] = vr
+        vectors.append(v.numpy())
         owners.append(owner.numpy())
         boxes.append(box.numpy())
     skips = SkipLog()

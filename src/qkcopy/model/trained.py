@@ -86,12 +86,13 @@ class TrainedModels:
                            workers=workers, device=self.device, desc=desc or f"{side} images")
 
     def describe_regions(self, paths: Sequence[str | Path], n: int, batch_size: int = 64, workers: int = 2,
-                         desc: str | None = None) -> RegionEmbeddings:
+                         desc: str | None = None, region_size: int | None = None) -> RegionEmbeddings:
         """Q descriptors of each query image and of `n` regions proposed in it (`qkcopy.model.regions`): the
-        whole image first, then the regions, with their boxes in the image's pixels. References stay whole."""
+        whole image first (at the model's input size), then the regions (at `region_size`, default the same),
+        with their boxes in the image's pixels. References stay whole."""
         return embed_regions(self.q, self.gist256, [Path(p) for p in paths], self.input_size, n,
                              batch_size=batch_size, workers=workers, device=self.device,
-                             desc=desc or "query regions")
+                             desc=desc or "query regions", region_size=region_size)
 
     @property
     def fingerprint(self) -> str:

@@ -74,7 +74,7 @@ class CopySearch:
 def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 10,
                 threshold: Threshold | float | None = None, nprobe: int | None = None, batch_size: int = 64,
                 workers: int = 2, regions: int = 0, region_margin: float = 0.0, verify=None,
-                reference_paths: Mapping[str, Path] | None = None) -> CopySearch:
+                reference_paths: Mapping[str, Path] | None = None, region_size: int | None = None) -> CopySearch:
     """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`.
     With `regions` > 0 each image is also described by that many proposed regions, a reference's score is the
     best over them (`qkcopy.evaluation.region_search`) and each match carries the winning box. With `verify` (a
@@ -95,7 +95,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
         raise ValueError("no query images given")
     image_ids(paths)
     if regions:
-        emb = trained.describe_regions(paths, regions, batch_size, workers, "query regions")
+        emb = trained.describe_regions(paths, regions, batch_size, workers, "query regions", region_size)
         owner, boxes = emb.owner, emb.boxes
     else:
         emb = trained.describe("query", paths, batch_size, workers, "queries")
