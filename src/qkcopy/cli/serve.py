@@ -28,6 +28,8 @@ OPTIONS = (  # name, type, default, help
     ("threads", int, 0, "torch threads [0: torch's default]"),
     ("snapshot_interval", float, 300.0, "seconds between index snapshots (when it changed)"),
     ("max_connections", int, 256, "concurrent connections before 503"),
+    ("regions", int, 0, "query regions (0..16) described beside each whole query, for copies inside other pictures: "
+                        "1 + N descriptors per query; a request's `regions` field overrides it"),
 )
 
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
                     timeout_s=args.timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     queue_size=args.queue)
-    service = open_service(args.collection, args.model, args.device, limits, args.runtime)
+    service = open_service(args.collection, args.model, args.device, limits, args.runtime, args.regions)
     keys = KeyRing(service.collection.store)
     if len(keys) == 0:
         token = create_key(service.collection.store, "admin", ["read", "write"])

@@ -1,12 +1,13 @@
 """Describing images for a collection: K for references, Q for queries, in batches, plus their thumbnails.
 
 `Describer` wraps a trained run (qkcopy.model.trained.TrainedModels): `prepare` turns a decoded image into
-the model inputs (`TrainedModels.prepare`), `describe` runs a batch of them through one side.
+the model inputs (`TrainedModels.prepare`), `describe` runs a batch of them through one side;
+`prepare_regions` gives a query's whole image and up to n proposed regions (`qkcopy.data.regions`) as inputs.
 `add_files` is the bulk path of `qkcopy collection add`: exact re-adds are recognised by content hash before
 anything is embedded, and every chunk is committed (acknowledged) as soon as it is described, so an
 interrupted add keeps what it did and a rerun skips it.
 
-Letters: B batch, S model input size, E descriptor dim.
+Letters: B batch, S model input size, E descriptor dim, R regions of an image (the whole first).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from qkcopy.collection.collection import Collection
 from qkcopy.collection.records import NewRef
 from qkcopy.data.images import ImageError, SkipLog, load_image
+from qkcopy.data.regions import propose_regions
 from qkcopy.device import autocast
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,14 @@ class Describer:
 
     def prepare(self, img: Image.Image) -> Prepared:
         return Prepared(*self.trained.prepare(img))
+
+    def prepare_regions(self, img: Image.Image, n: int) -> tuple[np.ndarray, list[Prepared]]:
+        """The whole image and up to `n` proposed regions: (boxes (R, 4) int64 (x0, y0, x1, y1) in `img`'s
+        pixels, row 0 the whole image; their inputs, each crop resized to the model's input as a whole image
+        is, as `TrainedModels.describe_regions` does at its default region size)."""
+        boxes = propose_regions(img, n)  # (R, 4)
+        items = [self.prepare(img)] + [self.prepare(img.crop(tuple(int(v) for v in box))) for box in boxes[1:]]
+        return boxes, items
 
     @torch.no_grad()
     def describe(self, side: str, items: Sequence[Prepared]) -> np.ndarray:

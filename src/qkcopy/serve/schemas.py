@@ -35,6 +35,10 @@ class MatchedRef(BaseModel):
     metadata: dict
     score: float = Field(description="−squared L2 between query (Q) and reference (K) descriptors; higher = closer")
     is_copy: bool | None = Field(description="score ≥ the collection's calibrated threshold (null: no threshold)")
+    box: list[int] = Field(min_length=4, max_length=4,
+                           description="the query region this score is of: [x0, y0, x1, y1] in the query's pixels "
+                           "(x1, y1 exclusive); the whole image [0, 0, width, height] when no region scored higher "
+                           "or regions are off")
 
 
 class ImageResult(BaseModel):

@@ -9,7 +9,13 @@ Typed errors, each kind mapped to one HTTP status in serve/errors.py: `TooLarge`
 over its limit), data.images.ImageError (its `code` says which fault: empty, unidentified, format,
 too_many_pixels, bomb, corrupt), `NotFound`, batcher.Overloaded, batcher.NotRunning and `Timeout`.
 
-Letters: B batch, E descriptor dim, k neighbours.
+Query regions (issue 20): with `regions` n > 0 a query is described as its whole image plus up to n proposed
+regions (`Describer.prepare_regions`), all in the same model call as the batch's other images; each region is
+searched, a reference's score is its best over the query's regions (ties: the earlier region, the whole image
+first), and the winning region's box comes back with each match (`BoxedMatch`). With n = 0 the box is the whole
+image and the answers are those of a single descriptor.
+
+Letters: B batch, E descriptor dim, k neighbours, R regions of a query (the whole image first), T region rows.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve.batcher import Batcher
 
 log = logging.getLogger(__name__)
+MAX_REGIONS = 16  # per query, beside the whole image
+DESCRIBE_CHUNK = 64  # model inputs per model call when regions multiply a batch
 
 
 @dataclass(frozen=True)
@@ -62,14 +70,21 @@ class Timeout(RuntimeError):
 @dataclass(frozen=True)
 class Upload:
     name: str
-    prepared: Prepared
+    prepared: Prepared  # the whole image
     sha256: str
     thumb: bytes
+    boxes: np.ndarray  # (R, 4) int64 (x0, y0, x1, y1) in the image's pixels, row 0 the whole image
+    regions: tuple[Prepared, ...] = ()  # (R − 1) the regions' inputs, in the order of boxes[1:]
+
+
+@dataclass(frozen=True)
+class BoxedMatch(MatchRow):
+    box: tuple[int, int, int, int]  # the query region whose score this is, (x0, y0, x1, y1) in query pixels
 
 
 @dataclass(frozen=True)
 class _Match:
-    prepared: Prepared
+    upload: Upload
     k: int
     bank: str | None
 
@@ -81,9 +96,10 @@ class _Describe:
 
 class MatchService:
     def __init__(self, collection: Collection, describer: Describer, limits: Limits = Limits(),
-                 on_batch=None) -> None:
+                 on_batch=None, regions: int = 0) -> None:
         if describer.fingerprint != collection.fingerprint:
             raise ValueError(f"the model ({describer.fingerprint}) is not the collection's ({collection.fingerprint})")
+        self.regions = check_regions(regions)  # a match request's default
         self.collection, self.describer, self.limits = collection, describer, limits
         self.batcher = Batcher(self._run, limits.max_batch, limits.max_wait_ms / 1000, limits.queue_size, on_batch)
         self.recent: collections.deque[dict] = collections.deque(maxlen=50)
@@ -103,19 +119,22 @@ class MatchService:
 
     # --- on the caller's thread ---
 
-    def prepare(self, data: bytes, name: str) -> Upload:
-        """Decode and check one uploaded file (content sniffed, bomb-guarded) into model inputs."""
+    def prepare(self, data: bytes, name: str, regions: int = 0) -> Upload:
+        """Decode and check one uploaded file (content sniffed, bomb-guarded) into model inputs: the whole
+        image's, and those of up to `regions` proposed regions (a query's; references take none)."""
+        check_regions(regions)
         if len(data) > self.limits.max_upload_bytes:
             raise TooLarge(f"{name}: {len(data)} bytes is over the limit of {self.limits.max_upload_bytes}")
         img = decode_image(data, name, max_pixels=self.limits.max_pixels)  # ImageError, its code the kind
-        return Upload(name, self.describer.prepare(img), sha256(data), thumbnail(img))
+        boxes, items = self.describer.prepare_regions(img, regions)  # (R, 4), R inputs
+        return Upload(name, items[0], sha256(data), thumbnail(img), boxes, tuple(items[1:]))
 
     def submit_match(self, upload: Upload, k: int, bank: str | None) -> Future:
         if bank is not None:
             check_bank(bank)
         if not 1 <= k <= 100:
             raise ValueError(f"k must be in 1..100, got {k}")
-        return self.batcher.submit(_Match(upload.prepared, k, bank))
+        return self.batcher.submit(_Match(upload, k, bank))
 
     def match_now(self, uploads: Sequence[Upload], k: int, bank: str | None) -> list[list[MatchRow]]:
         """Match on the caller's thread, as one batch of the worker (`qkcopy match` without a server)."""
@@ -123,7 +142,7 @@ class MatchService:
             check_bank(bank)
         if not 1 <= k <= 100:
             raise ValueError(f"k must be in 1..100, got {k}")
-        results = self._run([_Match(u.prepared, k, bank) for u in uploads])
+        results = self._run([_Match(u, k, bank) for u in uploads])
         for r in results:
             if isinstance(r, Exception):
                 raise r
@@ -147,42 +166,76 @@ class MatchService:
                     thumbnail="data:image/jpeg;base64," + base64.b64encode(upload.thumb).decode(),
                     is_copy=any_copy([m.score for m in matches], self.collection.threshold),
                     matches=[dict(id=m.id, name=m.name, bank=m.bank, metadata=m.metadata, score=m.score,
-                                  is_copy=m.is_copy) for m in matches[:5]]))
+                                  is_copy=m.is_copy, box=list(m.box)) for m in matches[:5]]))
 
     # --- on the batcher's worker thread ---
 
+    def _describe(self, side: str, items: Sequence[Prepared]) -> np.ndarray:
+        """Descriptors (B, E) of `items`, at most DESCRIBE_CHUNK inputs per model call."""
+        if len(items) <= DESCRIBE_CHUNK:
+            return self.describer.describe(side, items)
+        return np.concatenate([self.describer.describe(side, items[i:i + DESCRIBE_CHUNK])
+                               for i in range(0, len(items), DESCRIBE_CHUNK)])
+
     def _run(self, jobs: Sequence[_Match | _Describe]) -> list:
         results: list = [None] * len(jobs)
-        for side, kind in (("query", _Match), ("reference", _Describe)):
-            rows = [i for i, j in enumerate(jobs) if isinstance(j, kind)]
-            if not rows:
+        refs = [i for i, j in enumerate(jobs) if isinstance(j, _Describe)]
+        for i, v in zip(refs, self._describe("reference", [jobs[i].prepared for i in refs])):
+            results[i] = v
+        rows = [i for i, j in enumerate(jobs) if isinstance(j, _Match)]
+        if not rows:
+            return results
+        items = [p for i in rows for p in (jobs[i].upload.prepared, *jobs[i].upload.regions)]
+        vectors = self._describe("query", items)  # (T, E): each query's whole image, then its regions
+        ends = np.cumsum([len(jobs[i].upload.boxes) for i in rows])  # (B,) end of each query's rows
+        groups: dict[tuple, list[int]] = collections.defaultdict(list)  # one search per (k, bank)
+        for r, i in enumerate(rows):
+            groups[(jobs[i].k, jobs[i].bank)].append(r)
+        for (k, bank), members in groups.items():
+            spans = [range(ends[r] - len(jobs[rows[r]].upload.boxes), ends[r]) for r in members]
+            try:
+                found = self.collection.search(vectors[[t for span in spans for t in span]], k, bank)
+            except Exception as err:  # e.g. the database went away: those jobs fail, not the worker
+                for r in members:
+                    results[rows[r]] = err
                 continue
-            vectors = self.describer.describe(side, [jobs[i].prepared for i in rows])  # (B, E)
-            if kind is _Describe:
-                for i, v in zip(rows, vectors):
-                    results[i] = v
-                continue
-            groups: dict[tuple, list[int]] = collections.defaultdict(list)  # one search per (k, bank)
-            for r, i in enumerate(rows):
-                groups[(jobs[i].k, jobs[i].bank)].append(r)
-            for (k, bank), members in groups.items():
-                try:
-                    found = self.collection.search(vectors[members], k, bank)
-                except Exception as err:  # e.g. the database went away: those jobs fail, not the worker
-                    found = [err] * len(members)
-                for r, matches in zip(members, found):
-                    results[rows[r]] = matches
+            start = 0
+            for r, span in zip(members, spans):
+                upload = jobs[rows[r]].upload
+                results[rows[r]] = best_over_regions(found[start:start + len(span)], upload.boxes, k)
+                start += len(span)
         return results
 
 
+def check_regions(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_REGIONS:
+        raise ValueError(f"regions must be an integer in 0..{MAX_REGIONS}, got {n!r}")
+    return int(n)
+
+
+def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int) -> list[BoxedMatch]:
+    """One query's k best references by their best score over its regions (`found`: each region's k best,
+    row 0 the whole image's), each with the winning region's box; ties keep the earlier region, and the order
+    of equal scores is the search's. Exact: a reference of the k best is among its winning region's k best."""
+    best: dict[int, tuple[MatchRow, int]] = {}
+    for region, matches in enumerate(found):
+        for m in matches:
+            if m.id not in best or m.score > best[m.id][0].score:
+                best[m.id] = (m, region)
+    ranked = sorted(best.values(), key=lambda mr: -mr[0].score)[:k]  # stable: the search's order among ties
+    return [BoxedMatch(**vars(m), box=tuple(int(v) for v in boxes[region])) for m, region in ranked]
+
+
 def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits(),
-                 runtime: str = "torch") -> MatchService:
+                 runtime: str = "torch", regions: int = 0) -> MatchService:
     """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint);
-    runtime "onnx" runs the model with onnxruntime (exported once into COLLECTION/onnx-<fingerprint>)."""
+    runtime "onnx" runs the model with onnxruntime (exported once into COLLECTION/onnx-<fingerprint>);
+    `regions`: query regions described beside each whole query unless a request says otherwise."""
     import torch
 
     from qkcopy.collection.describe import RUNTIMES, onnx_sessions
 
+    check_regions(regions)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
 
@@ -197,4 +250,4 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
         if next(trained.q.parameters()).device.type != "cpu":
             raise ValueError("--runtime onnx runs on the CPU; use --device cpu (or the torch runtime on a GPU)")
         sessions = onnx_sessions(trained, Path(collection_dir) / f"onnx-{trained.fingerprint}", torch.get_num_threads())
-    return MatchService(collection, Describer(trained, sessions), limits)
+    return MatchService(collection, Describer(trained, sessions), limits, regions=regions)

@@ -1,0 +1,106 @@
+"""Query regions in the service (issue 20): a reference pasted at 50 % into another picture is matched by
+POST /v1/match with regions, and the box of that match is where it was pasted; without regions the box is the
+whole image and the answers are a single descriptor's."""
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
+
+from conftest import draw_images
+from qkcopy.data.regions import box_iou
+from qkcopy.serve.app import create_app
+from qkcopy.serve.auth import KeyRing
+from qkcopy.serve.service import Limits, open_service
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PASTE_BOX = (100, 60, 260, 220)  # x0, y0, x1, y1 in the 320 px host: a 160 px side, 50 % of the host's
+PASTED = 3  # pictures["refs"][3], reference id 4
+
+
+@pytest.fixture(scope="module")
+def pasted(pictures, tmp_path_factory) -> bytes:
+    """Reference 3 shrunk to half the host's side and pasted into an unrelated drawn picture, as JPEG bytes."""
+    root = tmp_path_factory.mktemp("pasted")
+    host = Image.open(draw_images(root / "hosts", 1, seed=31, size=320)[0]).convert("RGB")
+    host.paste(Image.open(pictures["refs"][PASTED]).convert("RGB").resize((160, 160)), PASTE_BOX[:2])
+    buf = io.BytesIO()
+    host.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def api(collection_dir, request):
+    service = open_service(collection_dir, device="cpu", limits=Limits(timeout_s=30),
+                           regions=getattr(request, "param", 0))
+    with TestClient(create_app(service, KeyRing(service.collection.store))) as client:
+        client.service = service
+        yield client
+    service.collection.close()
+
+
+def match(api, key, data: bytes, **form) -> list[dict]:
+    r = api.post("/v1/match", files={"images": ("pasted.jpg", data, "image/jpeg")},
+                 data={"k": "12", **{k: str(v) for k, v in form.items()}}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]["matches"]
+
+
+def of_pasted(matches: list[dict]) -> tuple[int, dict]:
+    rank = [m["name"] for m in matches].index(f"ref{PASTED:03d}.jpg")
+    return rank, matches[rank]
+
+
+def test_pasted_copy_matched_with_its_box_when_the_request_asks_for_regions(api, keys, pasted):
+    whole = match(api, keys["read"], pasted)
+    assert all(m["box"] == [0, 0, 320, 320] for m in whole)  # regions off: every score is the whole image's
+    with_regions = match(api, keys["read"], pasted, regions=8)
+    rank, found = of_pasted(with_regions)
+    print("rank without regions", of_pasted(whole)[0], "with", rank, "box", found["box"],
+          "scores", of_pasted(whole)[1]["score"], found["score"])
+    assert rank == 0
+    assert found["score"] > of_pasted(whole)[1]["score"]  # a region scores the pasted picture higher
+    assert box_iou(np.array([found["box"]]), np.array([PASTE_BOX]))[0, 0] >= 0.5, found["box"]
+    by_id = {m["id"]: m["score"] for m in whole}  # best over regions: never below the whole image's score
+    assert all(m["score"] >= by_id[m["id"]] - 1e-5 for m in with_regions)
+
+
+@pytest.mark.parametrize("api", [8], indirect=True)
+def test_the_servers_regions_are_the_default_and_a_request_can_turn_them_off(api, keys, pasted, pictures):
+    served = match(api, keys["read"], pasted)
+    assert box_iou(np.array([of_pasted(served)[1]["box"]]), np.array([PASTE_BOX]))[0, 0] >= 0.5
+    off = match(api, keys["read"], pasted, regions=0)
+    assert all(m["box"] == [0, 0, 320, 320] for m in off)
+    copy = pictures["copies"][1].read_bytes()  # an edited whole copy: the whole image still wins, rank 1
+    best = match(api, keys["read"], copy)[0]
+    assert best["name"] == "ref001.jpg" and best["is_copy"] is True
+
+
+@pytest.mark.parametrize("value", ["-1", "17", "two"])
+def test_regions_out_of_range_is_422_naming_the_field(api, keys, pasted, value):
+    r = api.post("/v1/match", files={"images": ("p.jpg", pasted, "image/jpeg")}, data={"regions": value},
+                 headers={"Authorization": f"Bearer {keys['read']}"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert "regions" in r.json()["error"]["message"]
+
+
+def test_best_over_regions_keeps_each_references_best_region_and_the_earlier_on_ties():
+    from qkcopy.collection import MatchRow
+    from qkcopy.serve.service import best_over_regions
+
+    def row(i, score):
+        return MatchRow(i, f"r{i}", "default", {}, score, None)
+
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 5, 5], [5, 5, 10, 10]])
+    found = [[row(1, -3.0), row(2, -4.0), row(3, -5.0)],  # the whole image
+             [row(2, -1.0), row(1, -3.0), row(4, -6.0)],  # region 1: ref 2 higher, ref 1 tied with the whole
+             [row(4, -2.0), row(3, -4.5), row(2, -9.0)]]  # region 2: ref 4 and ref 3 higher
+    got = best_over_regions(found, boxes, 3)
+    assert [(m.id, m.score, m.box) for m in got] == [(2, -1.0, (0, 0, 5, 5)), (4, -2.0, (5, 5, 10, 10)),
+                                                     (1, -3.0, (0, 0, 10, 10))]
+    one = best_over_regions(found[:1], boxes[:1], 3)  # regions off: the search's own answer, whole-image boxes
+    assert [(m.id, m.score, m.box) for m in one] == [(1, -3.0, (0, 0, 10, 10)), (2, -4.0, (0, 0, 10, 10)),
+                                                     (3, -5.0, (0, 0, 10, 10))]
