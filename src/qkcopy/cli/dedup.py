@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options
+from qkcopy.cli import add_embedding_options, count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10, help="neighbours looked at per image [10]")
     p.add_argument("--ground-truth", type=Path, help="CSV of copy pairs (id,id), e.g. a benchmark's ground_truth.csv")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--regions", type=count(0), default=0,
+                   help="also describe N regions of each image (a copy inside a bigger picture); contact sheets "
+                        "draw the region that matched [0]")
+    p.add_argument("--region-margin", type=float, default=0.0,
+                   help="added to a region's squared distance (not the whole image's) [0]")
     add_embedding_options(p)
     p.set_defaults(func=run)
 
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     trained = load_trained(args.model, args.device)
     threshold = load_threshold(args.threshold, trained.fingerprint)
     score = threshold_score(threshold)
-    result = find_duplicates(trained, paths, threshold, args.k, args.batch, args.workers)
+    result = find_duplicates(trained, paths, threshold, args.k, args.batch, args.workers, args.regions,
+                             args.region_margin)
     scores = dedup_metrics(result, read_ground_truth(args.ground_truth, result.ids)) if args.ground_truth else None
     write_report(result, args.out, scores)
     print(f"{len(result.ids)} images ({len(result.skipped)} unreadable): {len(result.pairs)} copy pairs in "

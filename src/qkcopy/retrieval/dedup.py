@@ -21,13 +21,14 @@ import html
 import io
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from qkcopy.io import atomic_path, atomic_write, atomic_write_json
+from qkcopy.evaluation.region_search import best_over_regions
 from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Dedup:
     groups: list[list[str]]  # connected components of `pairs`, largest first
     threshold: float
     skipped: list[str]
+    boxes: dict = field(default_factory=dict)  # with regions: pair → (image id, box in its pixels) of the region
 
 
 def groups_of(ids: Iterable[str], edges: Iterable[Pair]) -> list[list[str]]:
@@ -88,22 +90,57 @@ def copy_pairs(ids: Sequence[str], q: np.ndarray, k: np.ndarray, threshold: Thre
     return pairs
 
 
+def region_copy_pairs(ids: Sequence[str], table, k: np.ndarray, threshold: Threshold | float, neighbours: int = 10,
+                      margin: float = 0.0) -> tuple[dict[Pair, float], dict[Pair, tuple[str, tuple]]]:
+    """`copy_pairs` with each image's Q side described by regions (`table`: a `RegionEmbeddings` of the same
+    images, in order): a pair scores the best region of either image against the other's K descriptor. Also
+    {pair: (image id, box)}: the region of the pair's best score, when it was not a whole image."""
+    if k.ndim != 2 or k.dtype != np.float32 or len(k) != len(ids) or list(table.ids) != list(ids):
+        raise ValueError(f"k must be float32 (N, E) and the region table of the same {len(ids)} images")
+    index = faiss.IndexFlatL2(k.shape[1])
+    index.add(np.ascontiguousarray(k))
+    sqdist, rows = index.search(np.ascontiguousarray(table.vectors), min(neighbours + 1, len(ids)))  # (T, k+1)
+    first = np.r_[True, table.owner[1:] != table.owner[:-1]]  # (T,) whole-image rows
+    pairs: dict[Pair, float] = {}
+    boxes: dict[Pair, tuple[str, tuple]] = {}
+    for i, j, d, row in zip(*(x.tolist() for x in best_over_regions(table.owner, sqdist, rows, margin))):
+        score = -max(d, 0.0)
+        if j == i or not is_copy(score, threshold):
+            continue
+        key = (ids[i], ids[j]) if ids[i] < ids[j] else (ids[j], ids[i])
+        if score > pairs.get(key, -np.inf):
+            pairs[key] = score
+            boxes.pop(key, None)
+            if not first[row]:
+                boxes[key] = (ids[i], tuple(int(v) for v in table.boxes[row]))
+    return pairs, boxes
+
+
 def find_duplicates(trained, paths: Sequence[Path], threshold: Threshold | float, neighbours: int = 10,
-                    batch_size: int = 64, workers: int = 2) -> Dedup:
-    """Embed `paths` with Q and K (a `TrainedModels`), then pair and group them."""
+                    batch_size: int = 64, workers: int = 2, regions: int = 0, region_margin: float = 0.0) -> Dedup:
+    """Embed `paths` with Q and K (a `TrainedModels`), then pair and group them; with `regions`, each image's Q
+    side is also described by that many regions (`region_copy_pairs`), and sheets draw the region that matched."""
     from qkcopy.retrieval.embed_shards import image_ids
 
     image_ids(paths)  # ids (stems) must be unique
-    q = trained.describe("query", paths, batch_size, workers, "Q descriptors")
+    if regions:
+        table = trained.describe_regions(paths, regions, batch_size, workers, "Q regions")
+        q = table.whole()
+    else:
+        q = trained.describe("query", paths, batch_size, workers, "Q descriptors")
     k = trained.describe("reference", paths, batch_size, workers, "K descriptors")
     if q.ids != k.ids:
         raise ValueError("the Q and K passes read different images; are the files changing?")
     if len(q.ids) < 2:
         raise ValueError(f"need at least two readable images, got {len(q.ids)}")
-    pairs = copy_pairs(q.ids, q.vectors, k.vectors, threshold, neighbours)
+    boxes = {}
+    if regions:
+        pairs, boxes = region_copy_pairs(q.ids, table, k.vectors, threshold, neighbours, region_margin)
+    else:
+        pairs = copy_pairs(q.ids, q.vectors, k.vectors, threshold, neighbours)
     by_id = {Path(p).stem: Path(p) for p in paths}
     return Dedup(q.ids, {i: by_id[i] for i in q.ids}, pairs, groups_of(q.ids, pairs), threshold_score(threshold),
-                 q.skipped)
+                 q.skipped, boxes)
 
 
 def read_ground_truth(path: str | Path, ids: Sequence[str]) -> list[list[str]]:
@@ -143,13 +180,19 @@ def dedup_metrics(result: Dedup, truth_groups: list[list[str]]) -> dict:
                 groups=precision_recall(pairs_within(result.groups), true))
 
 
-def _thumb(path: Path, size: int = 180) -> str:
-    from PIL import Image
+def _thumb(path: Path, size: int = 180, boxes: Sequence[tuple] = ()) -> str:
+    """A JPEG data URL of the image shrunk to `size`, with `boxes` (in its pixels) drawn in red."""
+    from PIL import Image, ImageDraw
 
     from qkcopy.data.images import load_image
 
     img = load_image(path)
+    full = img.size
     img.thumbnail((size, size), Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in boxes:
+        f = img.width / full[0], img.height / full[1]
+        draw.rectangle((x0 * f[0], y0 * f[1], x1 * f[0] - 1, y1 * f[1] - 1), outline=(230, 30, 30), width=2)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -175,7 +218,9 @@ def write_report(result: Dedup, out: str | Path, scores: dict | None = None, max
         skipped=result.skipped, **({"evaluation": scores} if scores else {})))
     links = []
     for g, members in enumerate(result.groups[:max_sheets], 1):
-        cells = "".join(f'<figure><img src="{_thumb(result.paths[m])}" alt="{html.escape(m)}">'
+        drawn = {m: [box for pair, (who, box) in result.boxes.items() if who == m and set(pair) <= set(members)]
+                 for m in members}  # the regions that matched another member
+        cells = "".join(f'<figure><img src="{_thumb(result.paths[m], boxes=drawn[m])}" alt="{html.escape(m)}">'
                         f"<figcaption>{html.escape(m)}</figcaption></figure>" for m in members)
         inside = [f"{html.escape(a)} – {html.escape(b)}: {s:.4g}" for (a, b), s in result.pairs.items()
                   if a in members and b in members]
