@@ -24,6 +24,18 @@ def edited_copy(src: Path, out: Path) -> Path:
     return out
 
 
+PASTE_BOX = (100, 60, 260, 220)  # x0, y0, x1, y1 in a 320 px host: a 160 px side, 50 % of the host's
+PASTED = 3  # pictures["refs"][3] (reference id 4) is the one pasted
+
+
+def pasted_copy(pictures: dict, folder: Path) -> Path:
+    """Reference PASTED shrunk to half the host's side and pasted at PASTE_BOX into an unrelated drawn picture."""
+    host = Image.open(draw_images(folder / "hosts", 1, seed=31, size=320)[0]).convert("RGB")
+    host.paste(Image.open(pictures["refs"][PASTED]).convert("RGB").resize((160, 160)), PASTE_BOX[:2])
+    host.save(folder / "pasted.jpg", quality=90)
+    return folder / "pasted.jpg"
+
+
 @pytest.fixture(scope="session")
 def trained(tiny_run):
     return load_trained(tiny_run, "cpu")

@@ -2,34 +2,24 @@
 POST /v1/match with regions, and the box of that match is where it was pasted; without regions the box is the
 whole image and the answers are a single descriptor's."""
 
-import io
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from served import PASTE_BOX, PASTED, pasted_copy
 from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
-from conftest import draw_images
 from qkcopy.data.regions import box_iou
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing
 from qkcopy.serve.service import Limits, open_service
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-PASTE_BOX = (100, 60, 260, 220)  # x0, y0, x1, y1 in the 320 px host: a 160 px side, 50 % of the host's
-PASTED = 3  # pictures["refs"][3], reference id 4
 
 
 @pytest.fixture(scope="module")
 def pasted(pictures, tmp_path_factory) -> bytes:
-    """Reference 3 shrunk to half the host's side and pasted into an unrelated drawn picture, as JPEG bytes."""
-    root = tmp_path_factory.mktemp("pasted")
-    host = Image.open(draw_images(root / "hosts", 1, seed=31, size=320)[0]).convert("RGB")
-    host.paste(Image.open(pictures["refs"][PASTED]).convert("RGB").resize((160, 160)), PASTE_BOX[:2])
-    buf = io.BytesIO()
-    host.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    """A reference pasted at 50 % into an unrelated drawn picture (served.pasted_copy), as JPEG bytes."""
+    return pasted_copy(pictures, tmp_path_factory.mktemp("pasted")).read_bytes()
 
 
 @pytest.fixture

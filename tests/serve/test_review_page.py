@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from served import PASTE_BOX, PASTED, pasted_copy
 from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 from qkcopy.serve.app import create_app
@@ -32,8 +33,9 @@ def browser(profile: Path):
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
-def review(driver, url: str, key: str, image: Path, timeout: float = 60.0):
-    """Open the page, enter the key, choose `image`; returns when its match card is shown."""
+def review(driver, url: str, key: str, image: Path, timeout: float = 60.0, regions: str = ""):
+    """Open the page, enter the key (and `regions`, when given), choose `image`; returns when its match card is
+    shown."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -43,6 +45,8 @@ def review(driver, url: str, key: str, image: Path, timeout: float = 60.0):
     box.clear()  # the page fills in the key it remembered
     box.send_keys(key)
     driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", box)
+    if regions:
+        driver.find_element(By.ID, "regions").send_keys(regions)
     driver.find_element(By.ID, "file").send_keys(str(Path(image).resolve()))
     wait = WebDriverWait(driver, timeout)
     wait.until(ec.presence_of_element_located((By.ID, "match-card")))
@@ -104,5 +108,54 @@ def test_review_page_shows_matches_verdict_and_recent(live_server, keys, picture
         assert "invalid API key" in driver.find_element(By.ID, "error").text
         shot = Path(os.environ.get("QKCOPY_REVIEW_SCREENSHOT", tmp_path / "review.png"))
         assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
+    finally:
+        driver.quit()
+
+
+# the drawn region's rectangle and the query image's, on the screen, and the image's own size
+GEOMETRY = """const r = document.getElementById('region').getBoundingClientRect();
+const q = document.querySelector('#match-card .frame img'), i = q.getBoundingClientRect();
+return [r.left - i.left, r.top - i.top, r.right - i.left, r.bottom - i.top, i.width, i.height,
+        q.naturalWidth, q.naturalHeight, getComputedStyle(document.getElementById('region')).borderTopWidth];"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+                    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver); "
+                           ".ci/run installs them")
+def test_review_page_draws_the_matched_region_over_the_query_beside_the_reference(live_server, keys, pictures,
+                                                                                  tmp_path):
+    """A reference pasted at 50 % into another picture, matched with 8 regions: the page draws the box the API
+    returned over the displayed query (scaled to its displayed size), beside that reference's thumbnail."""
+    from selenium.webdriver.common.by import By
+
+    from qkcopy.data.regions import box_iou
+
+    url, _ = live_server
+    image = pasted_copy(pictures, tmp_path)
+    driver = browser(tmp_path / "profile")
+    try:
+        review(driver, url, keys["read"], image, regions="8")
+        card = driver.find_element(By.ID, "match-card")
+        mine = card.find_element(By.CSS_SELECTOR, f'.match[data-id="{PASTED + 1}"]')
+        box = [int(v) for v in mine.get_attribute("data-box").split(",")]
+        assert box_iou([box], [PASTE_BOX])[0, 0] >= 0.5, box  # the API's box, as the page was given it
+        mine.click()
+        region = driver.find_element(By.ID, "region")
+        assert region.get_attribute("data-box") == ",".join(map(str, box)) and region.is_displayed()
+        x0, y0, x1, y1, shown_w, shown_h, w, h, border = driver.execute_script(GEOMETRY)
+        assert (w, h) == (320, 320) and shown_w > 100 and border == "3px"
+        sx, sy = shown_w / w, shown_h / h  # screen pixels per query pixel
+        expected = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        assert max(abs(a - b) for a, b in zip((x0, y0, x1, y1), expected)) <= 1.0, ((x0, y0, x1, y1), expected)
+        ref = driver.find_element(By.ID, "region-ref")
+        driver.execute_script("return arguments[0].decode()", ref)
+        assert ref.get_attribute("naturalWidth") not in (None, "0")
+        assert driver.execute_script(  # side by side: the reference right of the query
+            "return arguments[0].getBoundingClientRect().left >= "
+            "document.querySelector('#match-card .frame').getBoundingClientRect().right", ref)
+        assert f"ref{PASTED:03d}.jpg" in driver.find_element(By.ID, "region-caption").text
+        assert "region" in driver.find_element(By.ID, "region-caption").text
+        shot = Path(os.environ.get("QKCOPY_REVIEW_SCREENSHOT", tmp_path / "region.png"))
+        assert driver.save_screenshot(str(shot.with_name("region-" + shot.name)))
     finally:
         driver.quit()
