@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from served import PASTE_BOX, PASTED, pasted_copy
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
+from served import collection_dir, collection_template, keys, pictures, start_server, trained  # noqa: F401
+from testkit import free_port
 
+from qkcopy.client import Client
 from qkcopy.data.regions import box_iou
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing
@@ -94,3 +96,20 @@ def test_best_over_regions_keeps_each_references_best_region_and_the_earlier_on_
     one = best_over_regions(found[:1], boxes[:1], 3)  # regions off: the search's own answer, whole-image boxes
     assert [(m.id, m.score, m.box) for m in one] == [(1, -3.0, (0, 0, 10, 10)), (2, -4.0, (0, 0, 10, 10)),
                                                      (3, -5.0, (0, 0, 10, 10))]
+
+
+def test_qkcopy_serve_regions_flag_on_the_real_server_and_the_client(collection_dir, keys, pasted, tmp_path):
+    """`qkcopy serve --regions 8` (a real process): the pasted copy's box through the Python client; a request
+    asking for 0 gets whole-image boxes."""
+    port = free_port()
+    server = start_server(collection_dir, port, open(tmp_path / "server.log", "wb"), "--regions", "8")
+    try:
+        with Client(f"http://127.0.0.1:{port}", keys["read"]) as client:
+            rank, found = of_pasted(client.match([pasted], k=12)["results"][0]["matches"])
+            assert rank == 0 and box_iou(np.array([found["box"]]), np.array([PASTE_BOX]))[0, 0] >= 0.5
+            off = client.match([pasted], k=12, regions=0)["results"][0]["matches"]
+            assert {tuple(m["box"]) for m in off} == {(0, 0, 320, 320)}
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert "regions=8" in (tmp_path / "server.log").read_text()  # the start-up line prints the setting
