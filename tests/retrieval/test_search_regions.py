@@ -32,6 +32,7 @@ def test_eval_and_search_with_regions_find_the_pasted_copy(tiny_run, tmp_path, o
     assert box_iou(np.array([box]), np.array([true_box]))[0, 0] >= 0.5
     checked = {(r["query_id"], r["reference_id"]): r for r in csv.DictReader(open(tmp_path / "ev" / "verification.csv"))}
     assert len(checked) == 2 and summary["verify"]["k"] == 2
+    assert json.loads((tmp_path / "ev" / "threshold.json").read_text())["scoring"] == "regions=8 margin=0 verify=2"
     assert ("Q00000", "R000005") in checked  # drawn shapes hold too few SIFT keypoints to verify: see test_verify
     assert all(0.0 <= float(r["confidence"]) <= 1.0 and int(r["inliers"]) >= 0 for r in checked.values())
 
@@ -56,3 +57,19 @@ def test_search_verify_without_references_is_refused(tiny_run, built_index, tiny
     refused(["search", "--model", str(tiny_run), "--index", str(built_index), "--verify", "2",
              str(tiny_benchmark / "queries" / "Q00000.jpg"), "--out", str(tmp_path / "r.csv")], capsys,
             "--verify needs --references")
+
+
+def test_search_warns_when_the_threshold_was_made_another_way(tiny_run, built_index, tiny_benchmark, tmp_path,
+                                                             caplog, one_thread):
+    assert main(["eval", "--model", str(tiny_run), "--benchmark", str(tiny_benchmark), "--regions", "2",
+                 "--out", str(tmp_path / "ev")] + FAST) == 0
+    query = str(tiny_benchmark / "queries" / "Q00000.jpg")
+    with caplog.at_level("WARNING", logger="qkcopy.retrieval.search"):
+        assert main(["search", "--model", str(tiny_run), "--index", str(built_index), "--threshold",
+                     str(tmp_path / "ev"), query, "--out", str(tmp_path / "a.csv")] + FAST) == 0
+    assert "calibrated on scores made with regions=2 margin=0, these are made with whole" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="qkcopy.retrieval.search"):
+        assert main(["search", "--model", str(tiny_run), "--index", str(built_index), "--threshold",
+                     str(tmp_path / "ev"), "--regions", "2", query, "--out", str(tmp_path / "b.csv")] + FAST) == 0
+    assert "calibrated on scores made" not in caplog.text

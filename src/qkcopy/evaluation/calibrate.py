@@ -40,7 +40,7 @@ from qkcopy.data.isc_csv import Predictions
 
 from qkcopy.evaluation.metrics import Metrics, isc_metrics, precision_recall_at_threshold
 from qkcopy.evaluation.per_family import per_family_metrics, query_families
-from qkcopy.evaluation.threshold import Threshold, choose_threshold, save_threshold
+from qkcopy.evaluation.threshold import Threshold, choose_threshold, save_threshold, scoring_of
 from qkcopy.evaluation.transfer import family_transfer, pooled, quiet_metrics
 from qkcopy.io import atomic_write, atomic_write_json
 
@@ -112,6 +112,7 @@ def calibrate(trained, benchmark, out: str | Path, k: int = 10, normalize: bool 
         _write_verified(result.verified, out / "verification.csv")
     threshold = choose_threshold(metrics, preds, benchmark.ground_truth, trained.fingerprint, k, str(benchmark.root),
                                  rule)
+    threshold = replace(threshold, scoring=scoring_of(regions, region_margin, region_size, verify.k if verify else 0))
     families, per_family = _family_transfer(benchmark, preds, threshold.rule)
     if families:
         threshold = replace(threshold, unfamiliar_precision=pooled(families)[0])

@@ -50,6 +50,7 @@ class Threshold:
     rule: str = "point"  # point: precision reaches the target; lower-bound: its 95 % lower bound does
     precision_lower: float = 0.0  # one-sided 95 % Clopper–Pearson lower bound of `precision`
     unfamiliar_precision: float | None = None  # pooled, each edit family left out of calibration in turn
+    scoring: str = "whole"  # how pair scores were made: "whole", or regions/margin/size/verification (`scoring_of`)
 
     def check_model(self, fingerprint: str, where: object = None) -> None:
         """Raise `FingerprintMismatch` unless this threshold was calibrated for the model `fingerprint`."""
@@ -61,6 +62,14 @@ class Threshold:
     def is_copy(self, score: float | np.ndarray) -> bool | np.ndarray:
         """The copy verdict at this threshold (`is_copy`)."""
         return is_copy(score, self)
+
+
+def scoring_of(regions: int = 0, margin: float = 0.0, region_size: int | None = None, verify_k: int = 0) -> str:
+    """How scores were made, as `Threshold.scoring` records it: a threshold holds for scores made the same way."""
+    parts = [f"regions={regions} margin={margin:g}" + (f" size={region_size}" if region_size else "")] if regions \
+        else []
+    parts += [f"verify={verify_k}"] if verify_k else []
+    return " ".join(parts) or "whole"
 
 
 CONFIDENCE = 0.95
@@ -166,7 +175,7 @@ def load_threshold(spec: str | Path | float, fingerprint: str | None = None) -> 
 def _threshold_from(data: dict, path: Path) -> Threshold:
     """Every key of `Threshold`, each of its type, nothing else; the score checked like a user's value."""
     names = [f.name for f in fields(Threshold)]
-    optional = {"rule", "precision_lower", "unfamiliar_precision"}  # absent from files of earlier versions
+    optional = {"rule", "precision_lower", "unfamiliar_precision", "scoring"}  # absent from files of earlier versions
     missing, extra = [n for n in names if n not in data and n not in optional], sorted(set(data) - set(names))
     if missing or extra:
         raise ThresholdError(f"{path}: " + "; ".join(
@@ -174,7 +183,8 @@ def _threshold_from(data: dict, path: Path) -> Threshold:
             ([f"unknown key(s) {', '.join(extra)}"] if extra else [])) +
             " — write it again with `qkcopy eval`", path)
     kinds = dict(score=float, precision=float, recall=float, target_precision=float, target_met=bool,
-                 fingerprint=str, k=int, benchmark=str, rule=str, precision_lower=float, unfamiliar_precision=float)
+                 fingerprint=str, k=int, benchmark=str, rule=str, precision_lower=float, unfamiliar_precision=float,
+                 scoring=str)
     for name, kind in kinds.items():
         if name not in data or (name == "unfamiliar_precision" and data[name] is None):
             continue

@@ -23,7 +23,7 @@ from qkcopy.data.isc_csv import Predictions
 from qkcopy.data.verify import verify_predictions
 from qkcopy.errors import DataError
 from qkcopy.evaluation.region_search import best_over_regions
-from qkcopy.evaluation.threshold import Threshold, is_copy, threshold_score
+from qkcopy.evaluation.threshold import Threshold, is_copy, scoring_of, threshold_score
 from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.io import atomic_path, atomic_write_json
@@ -89,6 +89,10 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
         if not threshold.target_met:
             log.warning("this threshold did not reach precision %.2f on its benchmark (it had %.3f)",
                         threshold.target_precision, threshold.precision)
+        made = scoring_of(regions, region_margin, region_size, verify.k if verify is not None else 0)
+        if threshold.scoring != made:
+            log.warning("this threshold was calibrated on scores made with %s, these are made with %s: copies are "
+                        "labelled on another scale (calibrate with the same options)", threshold.scoring, made)
     threshold = threshold_score(threshold)
     paths = [Path(p) for p in paths]
     if not paths:
