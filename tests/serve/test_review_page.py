@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from served import PASTE_BOX, PASTED, pasted_copy
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
+from served import (  # noqa: F401 (fixtures)
+    PASTE_BOX,
+    PASTED,
+    collection_dir,
+    collection_template,
+    keys,
+    pasted_copy,
+    pictures,
+    trained,
+)
 
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing

@@ -30,6 +30,9 @@ OPTIONS = (  # name, type, default, help
     ("max_connections", int, 256, "concurrent connections before 503"),
     ("regions", int, 0, "query regions (0..16) described beside each whole query, for copies inside other pictures: "
                         "1 + N descriptors per query; a request's `regions` field overrides it"),
+    ("region_margin", float, 0.0, "added to a region's squared distance, not the whole image's (as `qkcopy eval "
+                                  "--region-margin`: calibrate the threshold with the same)"),
+    ("region_size", int, 0, "regions' input side [0: the model's]; smaller is cheaper"),
 )
 
 
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
                     timeout_s=args.timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     queue_size=args.queue)
-    service = open_service(args.collection, args.model, args.device, limits, args.runtime, args.regions)
+    service = open_service(args.collection, args.model, args.device, limits, args.runtime, args.regions,
+                           args.region_margin, args.region_size or None)
     keys = KeyRing(service.collection.store)
     if len(keys) == 0:
         token = create_key(service.collection.store, "admin", ["read", "write"])

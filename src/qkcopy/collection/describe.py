@@ -28,6 +28,7 @@ from qkcopy.collection.collection import Collection
 from qkcopy.collection.records import NewRef
 from qkcopy.data.images import ImageError, SkipLog, load_image
 from qkcopy.data.regions import propose_regions
+from qkcopy.data.transforms import image_pair
 from qkcopy.device import autocast
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,14 @@ class Describer:
     def prepare(self, img: Image.Image) -> Prepared:
         return Prepared(*self.trained.prepare(img))
 
-    def prepare_regions(self, img: Image.Image, n: int) -> tuple[np.ndarray, list[Prepared]]:
+    def prepare_regions(self, img: Image.Image, n: int, size: int | None = None) -> tuple[np.ndarray, list[Prepared]]:
         """The whole image and up to `n` proposed regions: (boxes (R, 4) int64 (x0, y0, x1, y1) in `img`'s
-        pixels, row 0 the whole image; their inputs, each crop resized to the model's input as a whole image
-        is, as `TrainedModels.describe_regions` does at its default region size)."""
+        pixels, row 0 the whole image; their inputs: the whole at the model's input side, each region's crop at
+        `size` (default the same), as `TrainedModels.describe_regions` does with `region_size`)."""
         boxes = propose_regions(img, n)  # (R, 4)
-        items = [self.prepare(img)] + [self.prepare(img.crop(tuple(int(v) for v in box))) for box in boxes[1:]]
-        return boxes, items
+        side = size or self.trained.input_size
+        regions = [Prepared(*image_pair(img.crop(tuple(int(v) for v in box)), side)) for box in boxes[1:]]
+        return boxes, [self.prepare(img), *regions]
 
     @torch.no_grad()
     def describe(self, side: str, items: Sequence[Prepared]) -> np.ndarray:
@@ -109,6 +111,13 @@ class Describer:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         if not items:
             return np.zeros((0, self.dim), np.float32)
+        sides = {tuple(p.pixels.shape) for p in items}
+        if len(sides) > 1:  # inputs of more than one side (regions at their own): one model call per side
+            out = np.zeros((len(items), self.dim), np.float32)  # (B, E)
+            for shape in sides:
+                rows = [i for i, p in enumerate(items) if tuple(p.pixels.shape) == shape]
+                out[rows] = self.describe(side, [items[i] for i in rows])
+            return out
         pixels = torch.stack([p.pixels for p in items])  # (B, 3, S, S)
         gist_pixels = torch.stack([p.gist_pixels for p in items])  # (B, 3, 32, 32)
         if self.sessions is not None:

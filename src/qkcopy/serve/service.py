@@ -12,8 +12,10 @@ too_many_pixels, bomb, corrupt), `NotFound`, batcher.Overloaded, batcher.NotRunn
 Query regions (issue 20): with `regions` n > 0 a query is described as its whole image plus up to n proposed
 regions (`Describer.prepare_regions`), all in the same model call as the batch's other images; each region is
 searched, a reference's score is its best over the query's regions (ties: the earlier region, the whole image
-first), and the winning region's box comes back with each match (`BoxedMatch`). With n = 0 the box is the whole
-image and the answers are those of a single descriptor.
+first; `region_margin` is added to a region's squared distance, not the whole image's, as `qkcopy eval
+--region-margin` does, so a threshold calibrated there holds here), and the winning region's box comes back with
+each match (`BoxedMatch`). With n = 0 the box is the whole image and the answers are those of a single
+descriptor.
 
 Letters: B batch, E descriptor dim, k neighbours, R regions of a query (the whole image first), T region rows.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -36,7 +39,7 @@ from qkcopy.collection import Collection, MatchRow, NewRef
 from qkcopy.collection.collection import check_bank
 from qkcopy.collection.describe import Describer, Prepared, sha256, thumbnail
 from qkcopy.data.images import decode_image
-from qkcopy.evaluation.threshold import any_copy
+from qkcopy.evaluation.threshold import any_copy, is_copy, scoring_of
 from qkcopy.serve.batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -96,10 +99,22 @@ class _Describe:
 
 class MatchService:
     def __init__(self, collection: Collection, describer: Describer, limits: Limits = Limits(),
-                 on_batch=None, regions: int = 0) -> None:
+                 on_batch=None, regions: int = 0, region_margin: float = 0.0, region_size: int | None = None) -> None:
         if describer.fingerprint != collection.fingerprint:
             raise ValueError(f"the model ({describer.fingerprint}) is not the collection's ({collection.fingerprint})")
+        if not (np.isfinite(region_margin) and region_margin >= 0):
+            raise ValueError(f"region margin must be a finite number >= 0, got {region_margin}")
+        if region_size is not None and (region_size < 16 or describer.sessions is not None
+                                        and region_size != describer.trained.input_size):
+            raise ValueError(f"region size must be >= 16 (and, with the onnx runtime, the model's input side "
+                             f"{describer.trained.input_size}), got {region_size}")
         self.regions = check_regions(regions)  # a match request's default
+        self.region_margin, self.region_size = float(region_margin), region_size
+        made = scoring_of(self.regions, self.region_margin, region_size)
+        told = getattr(collection.threshold, "scoring", None)
+        if told is not None and told != made:
+            log.warning("the collection's threshold was calibrated on scores made with %s, the service makes %s: "
+                        "its copy verdicts are on another scale (calibrate with the same options)", told, made)
         self.collection, self.describer, self.limits = collection, describer, limits
         self.batcher = Batcher(self._run, limits.max_batch, limits.max_wait_ms / 1000, limits.queue_size, on_batch)
         self.recent: collections.deque[dict] = collections.deque(maxlen=50)
@@ -126,7 +141,7 @@ class MatchService:
         if len(data) > self.limits.max_upload_bytes:
             raise TooLarge(f"{name}: {len(data)} bytes is over the limit of {self.limits.max_upload_bytes}")
         img = decode_image(data, name, max_pixels=self.limits.max_pixels)  # ImageError, its code the kind
-        boxes, items = self.describer.prepare_regions(img, regions)  # (R, 4), R inputs
+        boxes, items = self.describer.prepare_regions(img, regions, self.region_size)  # (R, 4), R inputs
         return Upload(name, items[0], sha256(data), thumbnail(img), boxes, tuple(items[1:]))
 
     def submit_match(self, upload: Upload, k: int, bank: str | None) -> Future:
@@ -202,7 +217,8 @@ class MatchService:
             start = 0
             for r, span in zip(members, spans):
                 upload = jobs[rows[r]].upload
-                results[rows[r]] = best_over_regions(found[start:start + len(span)], upload.boxes, k)
+                results[rows[r]] = best_over_regions(found[start:start + len(span)], upload.boxes, k,
+                                                     self.region_margin, self.collection.threshold)
                 start += len(span)
         return results
 
@@ -213,13 +229,18 @@ def check_regions(n: int) -> int:
     return int(n)
 
 
-def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int) -> list[BoxedMatch]:
+def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int, margin: float = 0.0,
+                      threshold=None) -> list[BoxedMatch]:
     """One query's k best references by their best score over its regions (`found`: each region's k best,
-    row 0 the whole image's), each with the winning region's box; ties keep the earlier region, and the order
-    of equal scores is the search's. Exact: a reference of the k best is among its winning region's k best."""
+    row 0 the whole image's; `margin` taken off every region's score but the whole image's, the verdict then
+    taken again against `threshold`), each with the winning region's box; ties keep the earlier region, and the
+    order of equal scores is the search's. Exact: a reference of the k best is among its winning region's k
+    best (the margin is the same for all of a region's candidates)."""
     best: dict[int, tuple[MatchRow, int]] = {}
     for region, matches in enumerate(found):
         for m in matches:
+            if region and margin:
+                m = dataclasses.replace(m, score=m.score - margin, is_copy=is_copy(m.score - margin, threshold))
             if m.id not in best or m.score > best[m.id][0].score:
                 best[m.id] = (m, region)
     ranked = sorted(best.values(), key=lambda mr: -mr[0].score)[:k]  # stable: the search's order among ties
@@ -227,10 +248,12 @@ def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int
 
 
 def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits(),
-                 runtime: str = "torch", regions: int = 0) -> MatchService:
+                 runtime: str = "torch", regions: int = 0, region_margin: float = 0.0,
+                 region_size: int | None = None) -> MatchService:
     """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint);
     runtime "onnx" runs the model with onnxruntime (exported once into COLLECTION/onnx-<fingerprint>);
-    `regions`: query regions described beside each whole query unless a request says otherwise."""
+    `regions`: query regions described beside each whole query unless a request says otherwise, at
+    `region_size` (default the model's input side), `region_margin` added to their squared distances."""
     import torch
 
     from qkcopy.collection.describe import RUNTIMES, onnx_sessions
@@ -250,4 +273,9 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
         if next(trained.q.parameters()).device.type != "cpu":
             raise ValueError("--runtime onnx runs on the CPU; use --device cpu (or the torch runtime on a GPU)")
         sessions = onnx_sessions(trained, Path(collection_dir) / f"onnx-{trained.fingerprint}", torch.get_num_threads())
-    return MatchService(collection, Describer(trained, sessions), limits, regions=regions)
+    try:
+        return MatchService(collection, Describer(trained, sessions), limits, regions=regions,
+                            region_margin=region_margin, region_size=region_size)
+    except BaseException:
+        collection.close()
+        raise
