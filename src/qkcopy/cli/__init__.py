@@ -42,6 +42,19 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … [auto]")
 
 
+def add_region_options(p: argparse.ArgumentParser, scored: str, verify_help: str) -> None:
+    """--regions, --region-margin, --region-size, --verify, --verify-side: `qkcopy eval` and `qkcopy search`.
+    scored: what carries the winning region ("regions.csv gives each pair's winning box", …)."""
+    p.add_argument("--regions", type=count(0), default=0,
+                   help="also describe N regions of each query image (a copy inside a bigger picture); a pair's "
+                        f"score is the best over them; {scored} [0]")
+    p.add_argument("--region-margin", type=float, default=0.0,
+                   help="added to a region's squared distance (not the whole image's) [0]")
+    p.add_argument("--region-size", type=count(32), help="input side the regions are described at [the model's]")
+    p.add_argument("--verify", type=count(0), default=0, metavar="K", help=verify_help)
+    p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkcopy", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")

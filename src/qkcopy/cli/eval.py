@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options, count
+from qkcopy.cli import add_embedding_options, add_region_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,16 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "this benchmark, e.g. one made with `make-benchmark --heldout all`")
     p.add_argument("--test-size", type=int, help="input side for the descriptors [the run's model.test_size, "
                    "else its training size]")
-    p.add_argument("--regions", type=count(0), default=0,
-                   help="also describe N regions of each query (a copy inside a bigger picture); a pair's score is "
-                        "the best over them; regions.csv gives each pair's winning box [0]")
-    p.add_argument("--region-margin", type=float, default=0.0,
-                   help="added to a region's squared distance (not the whole query's) [0]")
-    p.add_argument("--region-size", type=count(32), help="input side the regions are described at [the model's]")
-    p.add_argument("--verify", type=count(0), default=0, metavar="K",
-                   help="verify each query's K best references by local features (SIFT + RANSAC) and re-score "
-                        "them: score + bonus × confidence; verification.csv gives inliers and the copy's outline [0]")
-    p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
+    add_region_options(p, "regions.csv gives each pair's winning box",
+                       "verify each query's K best references by local features (SIFT + RANSAC) and re-score them: "
+                       "score + bonus × confidence; verification.csv gives inliers and the copy's outline [0]")
     p.add_argument("--verify-bonus", type=float, default=1.0, help="score added at confidence 1 [1.0]")
     add_embedding_options(p)
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options, count
+from qkcopy.cli import add_embedding_options, add_region_options, count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,17 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "pairs scoring at or above it are copies [none: rank only]")
     p.add_argument("--nprobe", type=count(1), help="IVF cells searched [the index's default]")
     p.add_argument("--out", type=Path, required=True, help="results file, .csv or .json")
-    p.add_argument("--regions", type=count(0), default=0,
-                   help="also describe N regions of each image (a copy inside a bigger picture); a reference's "
-                        "score is the best over them and each match carries the winning box [0]")
-    p.add_argument("--region-margin", type=float, default=0.0,
-                   help="added to a region's squared distance (not the whole image's) [0]")
-    p.add_argument("--region-size", type=count(32), help="input side the regions are described at [the model's]")
-    p.add_argument("--verify", type=count(0), default=0, metavar="K",
-                   help="verify each image's K best matches by local features (SIFT + RANSAC) and re-score them; "
-                        "needs --references [0]")
+    add_region_options(p, "each match carries the winning box",
+                       "verify each image's K best matches by local features (SIFT + RANSAC) and re-score them; "
+                       "needs --references [0]")
     p.add_argument("--references", type=Path, help="folder of the indexed reference images (for --verify)")
-    p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
     p.add_argument("--verify-bonus", type=float, default=1.0, help="score added at confidence 1 [1.0]")
     add_embedding_options(p)
     p.set_defaults(func=run)
