@@ -1,6 +1,7 @@
-"""Helpers shared by test files: the CLI's one-line refusals, a free loopback port."""
+"""Helpers shared by test files: drawn pictures, the CLI's one-line refusals, a free loopback port."""
 
 import socket
+from pathlib import Path
 
 from qkcopy.cli import main
 
@@ -24,3 +25,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def draw_images(folder: Path, n: int, seed: int = 0, size: int = 96, prefix: str = "img") -> list[Path]:
+    """n distinct JPEG pictures (gradient background, random shapes) named <prefix>000.jpg …"""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        c0, c1 = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(2)]
+        img = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+        img = Image.composite(Image.new("RGB", img.size, c0), Image.new("RGB", img.size, c1), img.convert("L"))
+        draw = ImageDraw.Draw(img)
+        for _ in range(4):
+            x0, y0 = rng.randrange(size - 20), rng.randrange(size - 20)
+            box = (x0, y0, x0 + rng.randrange(10, 40), y0 + rng.randrange(10, 40))
+            fill = tuple(rng.randrange(256) for _ in range(3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+        path = folder / f"{prefix}{i:03d}.jpg"
+        img.save(path, quality=92)
+        paths.append(path)
+    return paths

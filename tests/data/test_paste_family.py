@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qkcopy.data.families import BENCHMARK_FAMILIES, FAMILIES, excluded_ops, heldout_edit
+from qkcopy.data.families import (
+    BENCHMARK_FAMILIES,
+    FAMILIES,
+    excluded_ops,
+    heldout_edit,
+)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -29,7 +34,8 @@ def test_paste_is_by_name_only_and_not_held_out_of_training_alone():
 
 
 def test_make_benchmark_heldout_paste(tmp_path):
-    from conftest import draw_images
+    from testkit import draw_images
+
     from qkcopy.data.synth import BenchmarkOptions, make_benchmark
 
     draw_images(tmp_path / "photos", 16, seed=4, size=96)

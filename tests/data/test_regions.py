@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import draw_images
 
-from conftest import draw_images
 from qkcopy.data.regions import box_iou, grid_boxes, propose_regions
 
 

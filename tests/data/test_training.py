@@ -13,7 +13,7 @@ def test_phase_batches_are_a_pure_function_of_the_step():
 
 def test_originals_and_queries_as_items(tmp_path):
     import torch
-    from conftest import draw_images
+    from testkit import draw_images
 
     from qkcopy.data.training import TrainImages, query_seed
     from qkcopy.data.transforms import gist_input, image_pair, model_input

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import draw_images
 
-from conftest import draw_images
 from qkcopy.data.benchmark import load_benchmark
 from qkcopy.data.regions import box_iou
 from qkcopy.evaluation.model_eval import evaluate_model

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import draw_images
+from testkit import draw_images
 
 from qkcopy.data.images import SkipLog, load_image
 from qkcopy.data.transforms import gist_input

@@ -2,12 +2,12 @@
 
 import numpy as np
 import torch
+from testkit import draw_images
 
-from conftest import draw_images
 from qkcopy.data.images import load_image
 from qkcopy.data.transforms import image_pair
-from qkcopy.model.trained import load_trained
 from qkcopy.model.inference import embed_paths
+from qkcopy.model.trained import load_trained
 
 
 def test_batches_and_workers_do_not_change_the_descriptors(tiny_run, tmp_path, one_thread):

@@ -2,8 +2,8 @@
 region side changes only the region rows."""
 
 import numpy as np
+from testkit import draw_images
 
-from conftest import draw_images
 from qkcopy.model.trained import load_trained
 
 

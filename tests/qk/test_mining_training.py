@@ -17,7 +17,7 @@ TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.d
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from conftest import draw_images
+    from testkit import draw_images
     return draw_images(tmp_path_factory.mktemp("mining"), 40, size=40, prefix="m")
 
 

@@ -57,7 +57,7 @@ def kill_after(proc: subprocess.Popen, seconds: float, log: Path | None = None, 
 
 @pytest.fixture(scope="module")
 def train_images(tmp_path_factory):
-    from conftest import draw_images
+    from testkit import draw_images
     folder = tmp_path_factory.mktemp("train")
     draw_images(folder, 24, size=40, prefix="t")
     return folder
@@ -108,7 +108,7 @@ def descriptors(tiny_run, tiny_benchmark, make_images_module):
 
 @pytest.fixture(scope="module")
 def make_images_module(tmp_path_factory):
-    from conftest import draw_images
+    from testkit import draw_images
     root = tmp_path_factory.mktemp("more")
     draw_images(root / "imgs", 40, seed=40, prefix="M")
     return root / "imgs", root
@@ -170,7 +170,7 @@ def test_index_killed_between_the_swap_renames_is_read_and_recovered(tiny_run, t
     (tmp_path / ".idx.tmp-xyz" / "index.faiss").write_bytes(b"\0" * 7)
     assert ReferenceIndex.load(idx).ids == ids  # a reader finds the previous index, renaming nothing
     assert not idx.exists()
-    from conftest import draw_images
+    from testkit import draw_images
     draw_images(tmp_path / "extra", 2, seed=50, prefix="E")
     assert main(["index", "--model", str(tiny_run), "--references", str(tmp_path / "extra"), "--out", str(idx),
                  "--add", "--workers", "0", "--device", "cpu"]) == 0  # the writer puts it back, then adds

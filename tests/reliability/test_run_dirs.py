@@ -26,7 +26,7 @@ TINY = ["model.weights=null", "model.image_size=32", "model.hidden=32", "model.d
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from conftest import draw_images
+    from testkit import draw_images
     return draw_images(tmp_path_factory.mktemp("train"), 24, size=40, prefix="t")
 
 

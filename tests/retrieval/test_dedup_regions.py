@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 from PIL import Image
+from testkit import FAST, draw_images
 
-from conftest import draw_images
-from testkit import FAST
 from qkcopy.cli import main
 from qkcopy.data.regions import box_iou
 from qkcopy.model.trained import load_trained

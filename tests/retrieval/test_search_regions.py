@@ -4,12 +4,11 @@ import csv
 import json
 
 import numpy as np
+from PIL import Image
+from testkit import FAST, draw_images
 
-from conftest import draw_images
-from testkit import FAST
 from qkcopy.cli import main
 from qkcopy.data.regions import box_iou
-from PIL import Image
 
 
 def test_eval_and_search_with_regions_find_the_pasted_copy(tiny_run, tmp_path, one_thread):

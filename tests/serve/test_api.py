@@ -6,7 +6,6 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing

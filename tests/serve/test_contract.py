@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from served import collection_dir, collection_template, keys, pictures, start_server, trained  # noqa: F401
+from served import start_server
 from testkit import free_port
 
 from qkcopy.collection import Collection

@@ -9,7 +9,6 @@ import zlib
 import pytest
 from PIL import Image
 from test_api import LIMITS, api, h, jpeg  # noqa: F401 (the in-process app fixture)
-from served import collection_dir, collection_template, keys, pictures, trained  # noqa: F401 (fixtures)
 
 from qkcopy.data import images
 from qkcopy.data.images import ImageError, decode_image

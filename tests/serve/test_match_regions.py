@@ -5,17 +5,7 @@ whole image and the answers are a single descriptor's."""
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from served import (  # noqa: F401
-    PASTE_BOX,
-    PASTED,
-    collection_dir,
-    collection_template,
-    keys,
-    pasted_copy,
-    pictures,
-    start_server,
-    trained,
-)
+from served import PASTE_BOX, PASTED, pasted_copy, start_server
 from testkit import free_port
 
 from qkcopy.client import Client

@@ -10,16 +10,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from served import (  # noqa: F401 (fixtures)
-    PASTE_BOX,
-    PASTED,
-    collection_dir,
-    collection_template,
-    keys,
-    pasted_copy,
-    pictures,
-    trained,
-)
+from served import PASTE_BOX, PASTED, pasted_copy
 
 from qkcopy.serve.app import create_app
 from qkcopy.serve.auth import KeyRing

@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import draw_images
-from served import collection_dir, collection_template, keys, pictures, start_server, trained  # noqa: F401
-from testkit import free_port
+from served import start_server
+from testkit import draw_images, free_port
 
 from qkcopy.cli import main
 from qkcopy.client import ApiError, Client

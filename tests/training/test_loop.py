@@ -18,7 +18,7 @@ METHODS = ["qk", "simclr", "moco"]
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from conftest import draw_images
+    from testkit import draw_images
     return draw_images(tmp_path_factory.mktemp("train"), 24, size=40, prefix="t")
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import draw_images
+from testkit import draw_images
 
 from qkcopy.config import load_config, to_dict
 from qkcopy.model.pca import PCA

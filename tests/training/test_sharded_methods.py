@@ -17,7 +17,7 @@ TINY = ["model.weights=null", "model.image_size=32", "model.test_size=null", "mo
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from conftest import draw_images
+    from testkit import draw_images
     return draw_images(tmp_path_factory.mktemp("train"), 24, size=40, prefix="t")
 
 
