@@ -41,6 +41,12 @@ class ModelConfig:
     head_init: str = "random"  # "random" (the paper) or "pca" (see the module doc)
     head_init_weight: float = 3.0  # "pca": RMS norm of the backbone part / RMS norm of gist256
     test_size: int | None = None  # input side at inference (embed, index, search, eval, serve); None: image_size
+    # Query regions at inference (eval, search, serve, match): the defaults of --regions, --region-size and
+    # --region-margin. N regions proposed in each query, described by Q beside the whole query at region_size
+    # px (None: input_size); a pair scores its best region, region_margin added to a region's squared distance.
+    regions: int = 0
+    region_size: int | None = None
+    region_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -55,6 +61,12 @@ class ModelConfig:
                 raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
         if self.test_size is not None and self.test_size < 32:
             raise ValueError(f"model test_size must be at least 32 pixels (or null), got {self.test_size}")
+        if not 0 <= self.regions <= 16:
+            raise ValueError(f"model regions must be in 0..16, got {self.regions}")
+        if self.region_size is not None and self.region_size < 32:
+            raise ValueError(f"model region_size must be at least 32 pixels (or null), got {self.region_size}")
+        if not (math.isfinite(self.region_margin) and self.region_margin >= 0):
+            raise ValueError(f"model region_margin must be a finite number >= 0, got {self.region_margin}")
 
     @property
     def input_size(self) -> int:

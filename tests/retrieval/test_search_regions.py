@@ -72,3 +72,29 @@ def test_search_warns_when_the_threshold_was_made_another_way(tiny_run, built_in
         assert main(["search", "--model", str(tiny_run), "--index", str(built_index), "--threshold",
                      str(tmp_path / "ev"), "--regions", "2", query, "--out", str(tmp_path / "b.csv")] + FAST) == 0
     assert "calibrated on scores made" not in caplog.text
+
+
+def test_a_runs_own_region_choice_is_the_default(tiny_run, tiny_benchmark, tmp_path, caplog, one_thread):
+    """A preset's model.regions / region_margin / region_size are what eval and search use when no flag is given
+    (the cpu presets ship 4 regions at 128 px); a flag overrides them, --regions 0 scores the whole image."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"].update(regions=2, region_size=64, region_margin=0.1)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for flags, scoring in (([], "regions=2 margin=0.1 size=64"), (["--regions", "0"], "whole")):
+        out = tmp_path / f"ev{len(flags)}"
+        assert main(["eval", "--model", str(run), "--benchmark", str(tiny_benchmark), "--out", str(out), *flags]
+                    + FAST) == 0
+        assert json.loads((out / "threshold.json").read_text())["scoring"] == scoring
+    assert main(["index", "--model", str(run), "--references", str(tiny_benchmark / "references"),
+                 "--out", str(tmp_path / "idx")] + FAST) == 0
+    with caplog.at_level("WARNING", logger="qkcopy.retrieval.search"):
+        assert main(["search", "--model", str(run), "--index", str(tmp_path / "idx"), "--threshold",
+                     str(tmp_path / "ev0"), str(tiny_benchmark / "queries" / "Q00000.jpg"),
+                     "--out", str(tmp_path / "s.csv")] + FAST) == 0
+    assert "calibrated on scores made" not in caplog.text  # search scored as the run's eval did

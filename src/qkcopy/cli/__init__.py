@@ -44,15 +44,24 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
 
 def add_region_options(p: argparse.ArgumentParser, scored: str, verify_help: str) -> None:
     """--regions, --region-margin, --region-size, --verify, --verify-side: `qkcopy eval` and `qkcopy search`.
-    scored: what carries the winning region ("regions.csv gives each pair's winning box", …)."""
-    p.add_argument("--regions", type=count(0), default=0,
+    scored: what carries the winning region ("regions.csv gives each pair's winning box", …). The region
+    options default to the run's own (`model.regions`, …: `region_defaults`)."""
+    p.add_argument("--regions", type=count(0),
                    help="also describe N regions of each query image (a copy inside a bigger picture); a pair's "
-                        f"score is the best over them; {scored} [0]")
-    p.add_argument("--region-margin", type=float, default=0.0,
-                   help="added to a region's squared distance (not the whole image's) [0]")
-    p.add_argument("--region-size", type=count(32), help="input side the regions are described at [the model's]")
+                        f"score is the best over them; {scored}; 0: the whole image only [the run's model.regions]")
+    p.add_argument("--region-margin", type=float,
+                   help="added to a region's squared distance (not the whole image's) [the run's model.region_margin]")
+    p.add_argument("--region-size", type=count(32),
+                   help="input side the regions are described at [the run's model.region_size, else its input side]")
     p.add_argument("--verify", type=count(0), default=0, metavar="K", help=verify_help)
     p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
+
+
+def region_defaults(args: argparse.Namespace, model) -> None:
+    """Fill the region options not given on the command line from the run's `ModelConfig` (its preset's choice)."""
+    for name in ("regions", "region_margin", "region_size"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(model, name))
 
 
 def build_parser() -> argparse.ArgumentParser:

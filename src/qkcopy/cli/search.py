@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkcopy.cli import add_embedding_options, add_region_options, count
+from qkcopy.cli import add_embedding_options, add_region_options, region_defaults, count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         verify = VerifyConfig(k=args.verify, max_side=args.verify_side, bonus=args.verify_bonus)
         refs = {p.stem: p for p in scan_images(args.references)}
     trained = load_trained(args.model, args.device)
+    region_defaults(args, trained.cfg.model)
     index = ReferenceIndex.load(args.index)
     result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
                          batch_size=args.batch, workers=args.workers, regions=args.regions,

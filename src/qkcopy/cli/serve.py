@@ -28,11 +28,13 @@ OPTIONS = (  # name, type, default, help
     ("threads", int, 0, "torch threads [0: torch's default]"),
     ("snapshot_interval", float, 300.0, "seconds between index snapshots (when it changed)"),
     ("max_connections", int, 256, "concurrent connections before 503"),
-    ("regions", int, 0, "query regions (0..16) described beside each whole query, for copies inside other pictures: "
-                        "1 + N descriptors per query; a request's `regions` field overrides it"),
-    ("region_margin", float, 0.0, "added to a region's squared distance, not the whole image's (as `qkcopy eval "
-                                  "--region-margin`: calibrate the threshold with the same)"),
-    ("region_size", int, 0, "regions' input side [0: the model's]; smaller is cheaper"),
+    ("regions", int, None, "query regions (0..16) described beside each whole query, for copies inside other "
+                           "pictures: 1 + N descriptors per query; a request's `regions` field overrides it "
+                           "[None: the model's model.regions]"),
+    ("region_margin", float, None, "added to a region's squared distance, not the whole image's (as `qkcopy eval "
+                                   "--region-margin`: calibrate the threshold with the same) [None: the model's]"),
+    ("region_size", int, None, "regions' input side; smaller is cheaper [None: the model's region_size, else its "
+                               "input side; 0: its input side]"),
 )
 
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     queue_size=args.queue)
     service = open_service(args.collection, args.model, args.device, limits, args.runtime, args.regions,
-                           args.region_margin, args.region_size or None)
+                           args.region_margin, args.region_size)
     keys = KeyRing(service.collection.store)
     if len(keys) == 0:
         token = create_key(service.collection.store, "admin", ["read", "write"])

@@ -248,17 +248,19 @@ def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int
 
 
 def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits(),
-                 runtime: str = "torch", regions: int = 0, region_margin: float = 0.0,
+                 runtime: str = "torch", regions: int | None = None, region_margin: float | None = None,
                  region_size: int | None = None) -> MatchService:
     """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint);
     runtime "onnx" runs the model with onnxruntime (exported once into COLLECTION/onnx-<fingerprint>);
     `regions`: query regions described beside each whole query unless a request says otherwise, at
-    `region_size` (default the model's input side), `region_margin` added to their squared distances."""
+    `region_size` (0: the model's input side), `region_margin` added to their squared distances; each None
+    takes the model's own (`model.regions`, `model.region_size`, `model.region_margin`: its preset's choice)."""
     import torch
 
     from qkcopy.collection.describe import RUNTIMES, onnx_sessions
 
-    check_regions(regions)
+    if regions is not None:
+        check_regions(regions)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
 
@@ -268,6 +270,15 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
     except BaseException:
         collection.close()
         raise
+    own = trained.cfg.model  # the options not given: the model's
+    regions = own.regions if regions is None else regions
+    region_margin = own.region_margin if region_margin is None else region_margin
+    if region_size is None and runtime == "onnx" and regions and own.region_size not in (None, trained.input_size):
+        collection.close()
+        raise ValueError(f"the model describes query regions at {own.region_size} px (model.region_size) and the onnx "
+                         f"runtime only at its input side {trained.input_size}: give --region-size 0 (and calibrate "
+                         "the threshold with --region-size of that side) or --regions 0")
+    region_size = (own.region_size if region_size is None else region_size) or None
     sessions = None
     if runtime == "onnx":
         if next(trained.q.parameters()).device.type != "cpu":
