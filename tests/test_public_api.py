@@ -59,6 +59,9 @@ def test_api_functions_agree_with_each_other(workdir):
         assert best[qid].reference == refs.ids[int(np.argmin(d2))]
         assert best[qid].score == pytest.approx(-float(d2.min()), rel=1e-4, abs=1e-5)
     assert all(m.is_copy is None for m in result.matches)  # no threshold: ranked, not labelled
+    framed = {m.query: m for m in qkcopy.search(model, index, "uploads/", k=1, regions=2).matches}
+    for qid, m in best.items():  # the whole image is one of the regions: a query's best score can only rise
+        assert framed[qid].score >= m.score - 1e-5 and len(framed[qid].box) == 4
     metrics = qkcopy.evaluate(model, "data/mybench")
     assert 0.0 <= metrics.micro_ap <= 1.0 and metrics.recall_at_1 > 0.5
     with pytest.raises(ValueError, match="side must be one of"):

@@ -95,15 +95,17 @@ def build_index(model: TrainedModels, references: str | os.PathLike, out: str | 
 
 def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, images: Images, k: int = 10,
            threshold: Threshold | float | str | os.PathLike | None = None, batch_size: int = 64,
-           workers: int = 2) -> CopySearch:
+           workers: int = 2, regions: int | None = None) -> CopySearch:
     """The k nearest references of each image, described with Q (`qkcopy.retrieval.search`).
 
     Args:
         model: from `load_model`. index: a `ReferenceIndex` or its folder. images: a folder or a list of files.
         k: references per image. threshold: a score (≤ 0), or a threshold.json of `qkcopy eval` (or its
             folder); with one, each pair is labelled copy / not a copy (`evaluation.threshold.is_copy`).
+        regions: query regions described beside each whole image (a copy inside a bigger picture; 0: the whole
+            image alone); None: the model's `model.regions`, at its `region_size` and `region_margin`.
     Returns:
-        `CopySearch`: matches (query, reference, score = −squared L2, is_copy), the queries read, the skipped.
+        `CopySearch`: matches (query, reference, score = −squared L2, is_copy, box), the queries read, the skipped.
     Raises:
         FingerprintMismatch: an index or threshold of another model. ThresholdError: a bad threshold.
         DataError: none of the images could be read.
@@ -116,17 +118,21 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
         index = ReferenceIndex.load(index)
     if isinstance(threshold, (str, os.PathLike)):
         threshold = load_threshold(threshold, model.fingerprint)
+    own = model.cfg.model
     return find_copies(model, index, _paths(images), k=k, threshold=threshold, batch_size=batch_size,
-                       workers=workers)
+                       workers=workers, regions=own.regions if regions is None else regions,
+                       region_margin=own.region_margin, region_size=own.region_size)
 
 
-def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: int = 10) -> Metrics:
+def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: int = 10,
+             regions: int | None = None) -> Metrics:
     """ISC2021 metrics of the model on a benchmark (`qkcopy.evaluation.model_eval.evaluate_model`): Q on its
     queries, K on its references, exhaustive search.
 
     Args:
         model: from `load_model`. benchmark: a `Benchmark` or a folder (ours or DISC21's layout).
-        k: references kept per query.
+        k: references kept per query. regions: query regions (0: the whole image alone); None: the model's
+            `model.regions`, at its `region_size` and `region_margin` (as `qkcopy eval`).
     Returns:
         `Metrics`: micro_ap, recall_at_p90, recall_at_1, the precision-recall curve.
     Raises:
@@ -136,7 +142,9 @@ def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: 
     from qkcopy.evaluation.model_eval import evaluate_model
 
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark)
-    return evaluate_model(model, bench, k).metrics
+    own = model.cfg.model
+    return evaluate_model(model, bench, k, regions=own.regions if regions is None else regions,
+                          region_margin=own.region_margin, region_size=own.region_size).metrics
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, config: str | os.PathLike = "cpu",
