@@ -4,8 +4,9 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
-from testkit import FAST, draw_images
+from testkit import FAST, draw_images, refused
 
 from qkcopy.cli import main
 from qkcopy.data.regions import box_iou
@@ -98,3 +99,28 @@ def test_a_runs_own_region_choice_is_the_default(tiny_run, tiny_benchmark, tmp_p
                      str(tmp_path / "ev0"), str(tiny_benchmark / "queries" / "Q00000.jpg"),
                      "--out", str(tmp_path / "s.csv")] + FAST) == 0
     assert "calibrated on scores made" not in caplog.text  # search scored as the run's eval did
+
+
+def test_embed_regions_writes_the_rows_eval_computes(tiny_run, tmp_path, one_thread, capsys):
+    """`qkcopy embed --regions 3`: PREFIX.regions.h5 holds each image's whole-image row (equal to PREFIX.npy's)
+    and its regions with boxes, the rows `describe_regions` computes; a damaged or foreign table is refused."""
+    from qkcopy.model.trained import load_trained
+    from qkcopy.retrieval.descriptors import read_npy
+    from qkcopy.retrieval.region_table import read_region_table
+
+    draw_images(tmp_path / "q", 4, seed=8, size=120)
+    assert main(["embed", "--model", str(tiny_run), "--images", str(tmp_path / "q"), "--side", "query",
+                 "--regions", "3", "--out", str(tmp_path / "d" / "q")] + FAST) == 0
+    ids, whole = read_npy(tmp_path / "d" / "q")
+    table, attrs = read_region_table(tmp_path / "d" / "q.regions.h5", load_trained(tiny_run).fingerprint)
+    assert table.ids == ids and attrs["regions"] == 3
+    np.testing.assert_allclose(table.whole().vectors, whole, atol=1e-6)
+    assert (table.boxes[np.r_[True, table.owner[1:] != table.owner[:-1]]] == [0, 0, 120, 120]).all()
+    again = load_trained(tiny_run).describe_regions(sorted((tmp_path / "q").glob("*.jpg")), 3, workers=0,
+                                                    region_size=attrs["region_size"])
+    np.testing.assert_allclose(again.vectors, table.vectors, atol=1e-6)
+    assert (again.boxes == table.boxes).all() and len(table.vectors) > len(ids)
+    with pytest.raises(Exception, match="made by model"):
+        read_region_table(tmp_path / "d" / "q.regions.h5", "0" * 16)
+    refused(["embed", "--model", str(tiny_run), "--images", str(tmp_path / "q"), "--side", "reference",
+             "--regions", "3", "--out", str(tmp_path / "r")], capsys, "use --side query")
