@@ -163,3 +163,25 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="strength"):
         BenchmarkOptions(strength="extreme")
     assert BenchmarkOptions(n_queries=7, matched_fraction=0.2).n_matched == 1
+
+
+def test_avoid_references_keeps_another_benchmarks_references_out(built, pools, tmp_path, capsys):
+    """A second benchmark (the report benchmark's rule) never takes the first's reference photos as references;
+    they may still be its distractor sources. Too few other photos, or --report without the first, is refused."""
+    from testkit import refused
+
+    from qkcopy.cli import main
+
+    first = {r["sha256"] for r in built[1]["references"]}
+    assert main(["make-benchmark", "--images", str(pools / "images"), "--train-images", str(pools / "train"),
+                 "--references", "8", "--queries", "8", "--seed", "3", "--heldout", "all,paste",
+                 "--avoid-references", str(built[0].root), "--out", str(tmp_path / "second")]) == 0
+    second = json.loads((tmp_path / "second" / "manifest.json").read_text())
+    assert not first & {r["sha256"] for r in second["references"]} and len(second["references"]) == 8
+    assert {q["family"] for q in second["queries"]} <= {*second["options"]["heldout"]} and "paste" in \
+        second["options"]["heldout"]
+    refused(["make-benchmark", "--images", str(pools / "images"), "--references", "25", "--queries", "2",
+             "--avoid-references", str(built[0].root), "--out", str(tmp_path / "third")], capsys,
+            "too few photos outside the avoided references", extra=[])
+    refused(["make-benchmark", "--report", "--out", str(tmp_path / "r")], capsys, "--avoid-references data/dev",
+            extra=[])

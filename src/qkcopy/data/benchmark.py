@@ -26,6 +26,8 @@ Two layouts are read, with ids = file stems:
 
 from __future__ import annotations
 
+import json
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,3 +166,15 @@ def load_benchmark(root: str | Path, split: str = "dev") -> Benchmark:
     )
     log.info("benchmark %s", bench.summary())
     return bench
+
+
+def reference_sources(benchmark: Path) -> tuple[str, ...]:
+    """The sha256 prefixes of the photos a benchmark made by `make_benchmark` took as references (its manifest)."""
+    path = Path(benchmark) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{benchmark} has no {MANIFEST}: give a benchmark made by `qkcopy make-benchmark`")
+    try:
+        refs = json.loads(path.read_text(encoding="utf-8"))["references"]
+        return tuple(r["sha256"] for r in refs)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: damaged manifest ({type(err).__name__}: {err}); make the benchmark again") from None

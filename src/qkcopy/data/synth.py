@@ -64,6 +64,7 @@ class BenchmarkOptions:
     strength: str = "medium"
     jpeg_quality: int = 90
     heldout: tuple[str, ...] = ()  # queries made only with these families' own edits (qkcopy.data.families)
+    avoid: tuple[str, ...] = ()  # sha256 prefixes of photos never made references (still distractors/backgrounds)
 
     def __post_init__(self) -> None:
         if self.n_references < 1 or self.n_queries < 1:
@@ -96,6 +97,12 @@ class BenchmarkOptions:
 DEV_BENCHMARK = BenchmarkOptions(n_references=1000, n_queries=1000, matched_fraction=0.5, n_train=None,
                                  seed=2021, strength="medium")
 DEV_IMAGES = SHARED_PHOTOS / "eval"
+# The report benchmark (issue 21): the same photo pools, but references drawn only from ImageNet photos the
+# development benchmark does not use as references (`avoid` = dev's), and queries made by the held-out edit
+# code of every family and `paste` (other code than training's synthesis) with other draws: presets are chosen
+# on dev and reported here. `qkcopy make-benchmark --report --avoid-references data/dev --out data/report`.
+REPORT_BENCHMARK = BenchmarkOptions(n_references=600, n_queries=600, matched_fraction=0.5, n_train=None,
+                                    seed=4242, strength="medium")
 DEV_TRAIN_IMAGES = SHARED_PHOTOS / "train"
 
 
@@ -166,7 +173,12 @@ def make_benchmark(images: str | Path, out: str | Path, train_images: str | Path
 def _build(images: Path, tmp: Path, train_images: Path | None, opt: BenchmarkOptions) -> dict:
     rng = random.Random(opt.seed)
     skips, seen = SkipLog(), {}
-    pool = _usable(_shuffled(images, rng), skips, seen)
+    order = _shuffled(images, rng)
+    if opt.avoid:  # photos that must not become references go last: distractor sources and backgrounds
+        avoid = set(opt.avoid)
+        late = {p for p in order if hashlib.sha256(p.read_bytes()).hexdigest()[:16] in avoid}
+        order = [p for p in order if p not in late] + [p for p in order if p in late]
+    pool = _usable(order, skips, seen)
     for sub in ("references", "queries", "train"):
         (tmp / sub).mkdir()
 
@@ -180,6 +192,9 @@ def _build(images: Path, tmp: Path, train_images: Path | None, opt: BenchmarkOpt
         refs.append(src)
     if len(refs) < opt.n_references:
         raise short("references", opt.n_references, len(refs), images)
+    if opt.avoid and set(opt.avoid) & {r.sha for r in refs}:
+        raise ValueError(f"{images} has too few photos outside the avoided references for {opt.n_references} "
+                         "references; lower --references")
     distractors = [src for src, _ in islice(pool, opt.n_distractors)]
     if len(distractors) < opt.n_distractors:
         raise short("distractor queries", opt.n_distractors, len(distractors), images)
