@@ -46,3 +46,29 @@ def test_pasted_picture_is_proposed_from_its_edges(tmp_path, where):
 def test_negative_count_refused():
     with pytest.raises(ValueError, match="regions"):
         propose_regions(Image.new("RGB", (50, 50)), -1)
+
+
+def _naive_content_box(rgb, tolerance=12.0):
+    """content_box written plainly: a row or column is margin when every pixel is within tolerance of the corner."""
+    h, w, _ = rgb.shape
+    corner = rgb[0, 0].astype(float)
+    far = [[max(abs(float(v) - c) for v, c in zip(rgb[y, x], corner)) > tolerance for x in range(w)] for y in range(h)]
+    rows = [y for y in range(h) if any(far[y])]
+    cols = [x for x in range(w) if any(far[y][x] for y in range(h))]
+    if not rows:
+        return None
+    box = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    big = box[2] - box[0] >= 0.2 * w and box[3] - box[1] >= 0.2 * h
+    return box if box != (0, 0, w, h) and big else None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_content_box_matches_a_naive_reference(seed):
+    from qkcopy.data.regions import content_box
+
+    rng = np.random.default_rng(seed)
+    rgb = np.full((24, 30, 3), rng.integers(0, 256, 3), np.uint8)  # a uniform margin colour
+    x0, y0 = rng.integers(1, 8, 2)
+    rgb[y0:y0 + 12, x0:x0 + 15] = rng.integers(0, 256, (12, 15, 3))  # the content
+    rgb[0, 0] = np.clip(rgb[0, 0].astype(int) + 12, 0, 255)  # within tolerance at the corner: edge cases
+    assert content_box(rgb) == _naive_content_box(rgb)

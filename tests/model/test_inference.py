@@ -33,3 +33,33 @@ def test_nothing_readable_gives_an_empty_result(tiny_run, tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
     emb = embed_paths(trained.k, trained.gist256, [tmp_path / "x.jpg"], trained.cfg.model.image_size, workers=0)
     assert emb.ids == [] and emb.skipped == [str(tmp_path / "x.jpg")] and emb.vectors.shape[0] == 0
+
+
+class _Recording(torch.nn.Module):
+    """A real descriptor model that also records the batch of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, pixels, g256):
+        self.calls.append(len(pixels))
+        return self.model(pixels, g256)
+
+
+def test_describe_batch_runs_cache_sized_chunks_with_the_same_rows(tiny_run, one_thread):
+    from qkcopy.model.inference import CPU_PIXELS_PER_THREAD, describe_batch
+
+    trained = load_trained(tiny_run)
+    size = 160  # 3 images a call on one thread
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(13, 3, size, size, generator=gen)  # (13, 3, S, S)
+    with torch.no_grad():
+        g256 = trained.gist256(torch.rand(13, 3, 32, 32, generator=gen) * 255)  # (13, G)
+        whole = trained.q(pixels, g256).numpy()  # one call, the reference
+        recording = _Recording(trained.q)
+        got = describe_batch(recording, pixels, g256).numpy()
+    step = max(1, CPU_PIXELS_PER_THREAD // (size * size))
+    assert recording.calls == [min(step, 13 - i) for i in range(0, 13, step)] and len(recording.calls) > 1
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
+    assert got.dtype == np.float32 and got.shape == whole.shape

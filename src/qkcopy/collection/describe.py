@@ -29,7 +29,7 @@ from qkcopy.collection.records import NewRef
 from qkcopy.data.images import ImageError, SkipLog, load_image
 from qkcopy.data.regions import propose_regions
 from qkcopy.data.transforms import image_pair
-from qkcopy.device import autocast
+from qkcopy.model.inference import describe_batch
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ class Describer:
             return self.sessions[side].run(["descriptor"], feed)[0].astype(np.float32)  # (B, E)
         model = self.trained.q if side == "query" else self.trained.k
         pixels, gist_pixels = pixels.to(self.device), gist_pixels.to(self.device)
-        with autocast(self.device):
-            vectors = model(pixels, self.trained.gist256(gist_pixels))  # (B, E)
-        return vectors.float().cpu().numpy()
+        return describe_batch(model, pixels, self.trained.gist256(gist_pixels)).cpu().numpy()  # (B, E)
 
 
 def add_files(collection: Collection, describer: Describer, paths: Sequence[Path], bank: str, meta: dict,

@@ -57,7 +57,7 @@ def _lines(rgb: np.ndarray) -> tuple[list[tuple[int, np.ndarray]], list[tuple[in
     of x (h,) bool)], [(y, such columns (w,) bool)]), at most `MAX_LINES` each, the best covered first.
     Hough finds where lines are; the Canny map says how much of any interval along them is edge."""
     h, w = rgb.shape[:2]
-    edges = np.any([cv2.Canny(np.ascontiguousarray(rgb[:, :, c]), 30, 90) > 0 for c in range(3)], axis=0)  # (h, w)
+    edges = np.any([cv2.Canny(channel, 30, 90) > 0 for channel in cv2.split(rgb)], axis=0)  # (h, w)
     found = cv2.HoughLinesP(edges.astype(np.uint8) * 255, 1, np.pi / 180, threshold=max(12, min(h, w) // 8),
                             minLineLength=max(8, int(MIN_SIDE * min(h, w) * 0.6)), maxLineGap=3)
     xs, ys = set(), set()
@@ -119,7 +119,8 @@ def content_box(rgb: np.ndarray, tolerance: float = 12.0) -> tuple[int, int, int
     """The box left when uniform margins (rows/columns all within `tolerance` of the corner colour) are
     trimmed from a small (h, w, 3) image; None when there is no margin to trim."""
     h, w, _ = rgb.shape
-    far = np.abs(rgb.astype(np.float32) - rgb[0, 0].astype(np.float32)).max(axis=2) > tolerance  # (h, w)
+    diff = cv2.absdiff(np.ascontiguousarray(rgb), np.full_like(rgb, 0) + rgb[0, 0])  # (h, w, 3) uint8, exact
+    far = np.maximum(np.maximum(diff[:, :, 0], diff[:, :, 1]), diff[:, :, 2]) > tolerance  # (h, w)
     rows, cols = np.flatnonzero(far.any(axis=1)), np.flatnonzero(far.any(axis=0))
     if rows.size == 0 or cols.size == 0:
         return None

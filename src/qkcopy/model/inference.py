@@ -3,6 +3,7 @@
 Letters: N images, B batch, S input size, E descriptor dim.
 
 `embed_paths` is the one embedding loop (a bare model and an input size: benchmarks of raw backbones call it).
+`describe_batch` is the one model call of inference: on the CPU it runs a batch in cache-sized chunks.
 A trained run describes its images through `TrainedModels.describe`, which knows its own input size, device
 and sides: no caller passes a bare size.
 """
@@ -25,6 +26,27 @@ from qkcopy.device import autocast
 from qkcopy.model.gist256 import Gist256
 
 log = logging.getLogger(__name__)
+
+# On the CPU a model call holds at most this many input pixels per thread (6 images at 128 px, 2 at 192 px):
+# EfficientNet-Lite0 on one thread takes 17 ms an image at 192 px in calls of 1–3 images, 24 ms in calls of 16
+# and 35 ms in calls of 64 (its activations leave the cache); docs/RESULTS.md, "Regions and verification".
+CPU_PIXELS_PER_THREAD = 6 * 128 * 128
+
+
+def describe_batch(model: torch.nn.Module, pixels: torch.Tensor, g256: torch.Tensor) -> torch.Tensor:
+    """`model(pixels (B, 3, S, S), g256 (B, G))` → (B, E) float32, under the device's autocast; on the CPU in
+    chunks of at most `CPU_PIXELS_PER_THREAD` × threads input pixels (the same rows up to float32 rounding:
+    frozen batch norm, no row sees another)."""
+    if pixels.ndim != 4 or g256.ndim != 2 or len(pixels) != len(g256):
+        raise ValueError(f"describe_batch: expected pixels (B, 3, S, S) and g256 (B, G), got "
+                         f"{tuple(pixels.shape)} and {tuple(g256.shape)}")
+    step = len(pixels) or 1
+    if pixels.device.type == "cpu":
+        per_image = pixels.shape[2] * pixels.shape[3]
+        step = max(1, CPU_PIXELS_PER_THREAD * torch.get_num_threads() // per_image)
+    with autocast(pixels.device):
+        out = [model(pixels[i:i + step], g256[i:i + step]).float() for i in range(0, len(pixels), step)]
+    return torch.cat(out) if out else torch.zeros(0, 0)  # (B, E)
 
 
 @dataclass(frozen=True)
@@ -74,9 +96,7 @@ def embed_paths(model: torch.nn.Module, gist256: Gist256, paths: Sequence[Path],
             continue
         pixels, gist = (t.to(device, non_blocking=True) for t in data)
         g256 = gist if in_workers else gist256(gist)  # (B, G)
-        with autocast(device):
-            vectors = model(pixels, g256)  # (B, E)
-        chunks.append(vectors.float().cpu().numpy())
+        chunks.append(describe_batch(model, pixels, g256).cpu().numpy())  # (B, E)
         kept.extend(indices.tolist())
     skips = SkipLog()
     dataset.record_skips(skipped, skips)

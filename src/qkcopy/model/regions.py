@@ -22,9 +22,8 @@ from tqdm import tqdm
 from qkcopy.data.images import ImageDataset, SkipLog
 from qkcopy.data.regions import propose_regions
 from qkcopy.data.transforms import image_pair
-from qkcopy.device import autocast
 from qkcopy.model.gist256 import Gist256
-from qkcopy.model.inference import Embeddings
+from qkcopy.model.inference import Embeddings, describe_batch
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +112,8 @@ def embed_regions(model: torch.nn.Module, gist256: Gist256, paths: Sequence[Path
             continue
         box, whole, wholes, regions, gist = data
         g256 = gist.to(device) if in_workers else gist256(gist.to(device))  # (T_b, G)
-        with autocast(device):
-            vw = model(wholes.to(device), g256[whole.to(device)]).float().cpu()  # (B_b, E)
-            vr = model(regions.to(device), g256[~whole.to(device)]).float().cpu() if len(regions) else None
+        vw = describe_batch(model, wholes.to(device), g256[whole.to(device)]).cpu()  # (B_b, E)
+        vr = describe_batch(model, regions.to(device), g256[~whole.to(device)]).cpu() if len(regions) else None
         v = torch.empty(len(box), vw.shape[1])  # (T_b, E)
         v[whole] = vw
         if vr is not None:
