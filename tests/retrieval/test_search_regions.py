@@ -124,3 +124,32 @@ def test_embed_regions_writes_the_rows_eval_computes(tiny_run, tmp_path, one_thr
         read_region_table(tmp_path / "d" / "q.regions.h5", "0" * 16)
     refused(["embed", "--model", str(tiny_run), "--images", str(tmp_path / "q"), "--side", "reference",
              "--regions", "3", "--out", str(tmp_path / "r")], capsys, "use --side query")
+
+
+def test_search_reads_the_region_table_embed_wrote(tiny_run, tmp_path, one_thread, capsys):
+    """`qkcopy search --region-table PREFIX.regions.h5` gives the matches `search --regions N --images` gives,
+    from the stored rows (nothing described again); flags that disagree with the table are refused, and
+    verification needs the query files."""
+    refs = draw_images(tmp_path / "refs", 6, seed=10, size=160, prefix="R000")
+    host = Image.open(draw_images(tmp_path / "hosts", 1, seed=31, size=320)[0]).convert("RGB")
+    host.paste(Image.open(refs[2]).convert("RGB"), (100, 60))  # the reference at half the host's side
+    (tmp_path / "q").mkdir()
+    host.save(tmp_path / "q" / "Q00000.jpg", quality=90)
+    draw_images(tmp_path / "q", 1, seed=4, size=150, prefix="Q0000")  # Q00000.jpg's neighbour: Q0000000.jpg
+    assert main(["index", "--model", str(tiny_run), "--references", str(tmp_path / "refs"),
+                 "--out", str(tmp_path / "idx")] + FAST) == 0
+    assert main(["embed", "--model", str(tiny_run), "--images", str(tmp_path / "q"), "--side", "query",
+                 "--regions", "4", "--out", str(tmp_path / "d" / "q")] + FAST) == 0
+    search = ["search", "--model", str(tiny_run), "--index", str(tmp_path / "idx"), "--k", "2"]
+    assert main(search + ["--images", str(tmp_path / "q"), "--regions", "4", "--out", str(tmp_path / "a.json")]
+                + FAST) == 0
+    table = str(tmp_path / "d" / "q.regions.h5")
+    assert main(search + ["--region-table", table, "--out", str(tmp_path / "b.json")] + FAST) == 0
+    a, b = (json.loads((tmp_path / f).read_text())["matches"] for f in ("a.json", "b.json"))
+    assert [(m["query"], m["reference"], m["box"]) for m in a] == [(m["query"], m["reference"], m["box"]) for m in b]
+    np.testing.assert_allclose([m["score"] for m in a], [m["score"] for m in b], rtol=1e-5)
+    assert len(b) == 4 and b[0]["reference"] == "R000002" and b[0]["box"] != [0, 0, 320, 320]
+    refused(search + ["--region-table", table, "--regions", "2", "--out", str(tmp_path / "c.json")], capsys,
+            "holds rows made with --regions 4, not 2")
+    refused(search + ["--region-table", table, "--verify", "1", "--references", str(tmp_path / "refs"),
+                      "--out", str(tmp_path / "c.json")], capsys, "verification needs the query files", "Q0000")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from qkcopy.evaluation.threshold import Threshold, is_copy, scoring_of, threshol
 from qkcopy.retrieval.embed_shards import image_ids
 from qkcopy.retrieval.index import ReferenceIndex
 from qkcopy.io import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from qkcopy.model.regions import RegionEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +78,16 @@ class CopySearch:
 def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 10,
                 threshold: Threshold | float | None = None, nprobe: int | None = None, batch_size: int = 64,
                 workers: int = 2, regions: int = 0, region_margin: float = 0.0, verify=None,
-                reference_paths: Mapping[str, Path] | None = None, region_size: int | None = None) -> CopySearch:
+                reference_paths: Mapping[str, Path] | None = None, region_size: int | None = None,
+                table: RegionEmbeddings | None = None) -> CopySearch:
     """Search each image among the index's references; `trained` is a `qkcopy.model.trained.TrainedModels`.
     With `regions` > 0 each image is also described by that many proposed regions, a reference's score is the
     best over them (`qkcopy.evaluation.region_search`) and each match carries the winning box. With `verify` (a
     `qkcopy.data.verify.VerifyConfig`) and the references' files by id, each image's top `verify.k` matches are
     verified by local features and re-scored (score + bonus × confidence); a verified match's box is the copy's
-    outline found by the homography."""
+    outline found by the homography. With `table` (the rows `qkcopy embed --regions` wrote, read by
+    `qkcopy.retrieval.region_table.read_region_table`) its images are searched as they were described, nothing is
+    described again, and `paths` (which may be empty) serve only to find the query files to verify."""
     if verify is not None and reference_paths is None:
         raise ValueError("verification needs the reference images: give their folder (--references)")
     index.check_model(trained.fingerprint, f"query descriptors of model {trained.checkpoint}")
@@ -95,16 +102,25 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
                         "labelled on another scale (calibrate with the same options)", threshold.scoring, made)
     threshold = threshold_score(threshold)
     paths = [Path(p) for p in paths]
-    if not paths:
+    if not paths and table is None:
         raise ValueError("no query images given")
-    image_ids(paths)
-    if regions:
+    if paths:
+        image_ids(paths)
+    if table is not None:
+        emb, owner, boxes = table, table.owner, table.boxes
+        missing = sorted(set(emb.ids) - {p.stem for p in paths}) if verify is not None else []
+        if missing:
+            raise ValueError(f"verification needs the query files of the region table: {missing[0]} (and "
+                             f"{len(missing) - 1} more) not among the query images given (--images DIR)")
+    elif regions:
         emb = trained.describe_regions(paths, regions, batch_size, workers, "query regions", region_size)
         owner, boxes = emb.owner, emb.boxes
     else:
         emb = trained.describe("query", paths, batch_size, workers, "queries")
         owner, boxes = np.arange(len(emb.ids)), np.zeros((len(emb.ids), 4), np.int64)
     if not emb.ids:
+        if table is not None:
+            raise DataError("the region table holds no images: embed a folder with images in it")
         raise DataError(f"none of the {len(paths)} query images could be read, e.g. {emb.skipped[0]}",
                         emb.skipped[0])
     sqdist, rows = index.search(emb.vectors, k, nprobe)  # (T, k), (T, k): one row per query or region
@@ -120,7 +136,7 @@ def find_copies(trained, index: ReferenceIndex, paths: Sequence[Path], k: int = 
         qid, rid = emb.ids[qi], index.ids[ri]
         v = checked.get((qid, rid))
         box = v.box if v is not None and v.box is not None and v.confidence > 0 else \
-            (tuple(int(x) for x in boxes[wi]) if regions else None)
+            (tuple(int(x) for x in boxes[wi]) if regions or table is not None else None)
         matches.append(SearchMatch(qid, rid, float(si), is_copy(float(si), threshold), box,
                                    None if v is None else v.confidence))
     matches.sort(key=lambda m: (emb.ids.index(m.query), -m.score))  # best first within each query
