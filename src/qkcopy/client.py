@@ -75,13 +75,15 @@ class Client:
         return path.name, path.read_bytes()
 
     def match(self, images: Sequence[str | Path | bytes], k: int = 10, bank: str | None = None,
-              regions: int | None = None) -> dict:
+              regions: int | None = None, verify: int | None = None) -> dict:
         """Match image files or bytes: {"model", "threshold", "results": [{"image", "is_copy", "matches"}]}, each
         match with the query region it was found in (`box`); `regions`: 0..16 regions beside the whole image
-        (None: the server's --regions)."""
+        (None: the server's --regions); `verify`: 0..10 best matches verified by local features, each with its
+        `confidence` and `quad` (None: the server's --verify)."""
         files = [("images", self._file(im, i)) for i, im in enumerate(images)]
         data = {"k": str(k), **({"bank": bank} if bank else {}),
-                **({"regions": str(regions)} if regions is not None else {})}
+                **({"regions": str(regions)} if regions is not None else {}),
+                **({"verify": str(verify)} if verify is not None else {})}
         return self._call("POST", "/v1/match", files=files, data=data).json()
 
     def add(self, image: str | Path | bytes, bank: str = "default", metadata: dict | None = None,

@@ -1,11 +1,15 @@
 """`qkcopy match`: is each image a copy of a reference? Asks a running `qkcopy serve` (--server URL, key
 from --key or QKCOPY_API_KEY), or opens a collection folder directly (--collection DIR). Prints a line per
-image (its verdict and best match) and, with --out, writes every match as JSON."""
+image (its verdict, best match and the query region it was found in) and, with --out, writes every match as
+JSON. Query regions and verification as the service does them: the server's (with --collection, the model's
+regions and no verification) unless --regions / --verify say otherwise."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from qkcopy.cli import count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=5, help="matches per image [5]")
     p.add_argument("--bank", help="only references of this bank")
     p.add_argument("--batch", type=int, default=8, help="images per request [8]")
+    p.add_argument("--regions", type=count(0), help="query regions (0..16) beside each whole image [the server's "
+                                                    "--regions; with --collection, the model's model.regions]")
+    p.add_argument("--verify", type=count(0), help="best matches (0..10) verified by local features and re-scored "
+                                                   "[the server's --verify; with --collection 0]")
+    p.add_argument("--references", type=Path, help="with --collection --verify: folder of the references' files")
     p.add_argument("--device", default="auto", help="with --collection: cpu, cuda … [auto]")
     p.add_argument("--out", type=Path, help="write all results as JSON")
     p.set_defaults(func=run)
@@ -28,16 +37,17 @@ def _local(args, paths) -> list[dict]:
     from qkcopy.evaluation.threshold import any_copy
     from qkcopy.serve.service import open_service
 
-    service = open_service(args.collection, device=args.device)
+    service = open_service(args.collection, device=args.device, regions=args.regions, verify=args.verify or 0,
+                           references=args.references)
     results = []
     try:
         for path in paths:
             try:
-                upload = service.prepare(path.read_bytes(), path.name)
+                upload = service.prepare(path.read_bytes(), path.name, service.regions, service.verify)
             except (ImageError, ValueError) as err:
                 results.append(dict(image=path.name, error=str(err)))
                 continue
-            matches = service.match_now([upload], args.k, args.bank)[0]
+            matches = service.match_now([upload], args.k, args.bank, service.verify)[0]
             results.append(dict(image=path.name, is_copy=any_copy([m.score for m in matches],
                                                                    service.collection.threshold),
                                 matches=[vars(m) for m in matches]))
@@ -58,7 +68,7 @@ def _remote(args, paths) -> list[dict]:
         for start in range(0, len(paths), args.batch):
             chunk = paths[start:start + args.batch]
             try:
-                results += client.match(chunk, args.k, args.bank)["results"]
+                results += client.match(chunk, args.k, args.bank, args.regions, args.verify)["results"]
             except ApiError as err:
                 if len(chunk) == 1 or err.status in (401, 403):
                     if err.status in (401, 403):
@@ -67,7 +77,7 @@ def _remote(args, paths) -> list[dict]:
                     continue
                 for path in chunk:  # find the bad file: one request each
                     try:
-                        results += client.match([path], args.k, args.bank)["results"]
+                        results += client.match([path], args.k, args.bank, args.regions, args.verify)["results"]
                     except ApiError as one:
                         results.append(dict(image=path.name, error=one.message))
     return results
@@ -92,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         best = r["matches"][0] if r["matches"] else None
         verdict = {True: "COPY", False: "not a copy", None: "(no threshold)"}[r["is_copy"]]
-        print(f"{r['image']}\t{verdict}" + (f"\tbest: #{best['id']} {best['name']} score {best['score']:.4g}"
-                                            if best else "\tno references"))
+        print(f"{r['image']}\t{verdict}" + (f"\tbest: #{best['id']} {best['name']} score {best['score']:.4g} "
+                                            f"at {list(best['box'])}" if best else "\tno references"))
     if args.out:
         from qkcopy.io import atomic_write_json
 

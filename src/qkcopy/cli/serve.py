@@ -35,6 +35,12 @@ OPTIONS = (  # name, type, default, help
                                    "--region-margin`: calibrate the threshold with the same) [None: the model's]"),
     ("region_size", int, None, "regions' input side; smaller is cheaper [None: the model's region_size, else its "
                                "input side; 0: its input side]"),
+    ("verify", int, 0, "matches of each query (0..10) verified by local features (SIFT + RANSAC) and re-scored "
+                       "score + 1.0 x confidence, as `qkcopy eval --verify K` (calibrate with the same); each gets "
+                       "its confidence and outline (quad); a request's `verify` field overrides it; needs --references"),
+    ("references", Path, None, "folder of the references' image files, found by name and content (sha256), "
+                               "to verify matches with"),
+    ("verify_side", int, 320, "images shrunk to this side to verify (as `qkcopy eval --verify-side`)"),
 )
 
 
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     queue_size=args.queue)
     service = open_service(args.collection, args.model, args.device, limits, args.runtime, args.regions,
-                           args.region_margin, args.region_size)
+                           args.region_margin, args.region_size, args.verify, args.references, args.verify_side)
     keys = KeyRing(service.collection.store)
     if len(keys) == 0:
         token = create_key(service.collection.store, "admin", ["read", "write"])

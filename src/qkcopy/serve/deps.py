@@ -55,8 +55,9 @@ async def wait(svc: MatchService, futures: list[Future]) -> list:
         raise Timeout(f"the model did not answer within {svc.limits.timeout_s:g} s") from None
 
 
-async def read_uploads(svc: MatchService, files: list[UploadFile], regions: int = 0) -> list[Upload]:
-    """Read and decode uploaded files (with `regions` proposed regions each) on worker threads, never on the
-    event loop."""
+async def read_uploads(svc: MatchService, files: list[UploadFile], regions: int = 0,
+                       verify: int = 0) -> list[Upload]:
+    """Read and decode uploaded files (with `regions` proposed regions each, and local features when `verify`)
+    on worker threads, never on the event loop."""
     named = [((f.filename or f"image{i}")[:MAX_NAME], await f.read()) for i, f in enumerate(files)]
-    return await run_in_threadpool(lambda: [svc.prepare(data, name, regions) for name, data in named])
+    return await run_in_threadpool(lambda: [svc.prepare(data, name, regions, verify) for name, data in named])

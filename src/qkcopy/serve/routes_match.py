@@ -1,15 +1,18 @@
 """POST /v1/match: is each uploaded image a copy of a reference? Top-k matches with scores, verdicts and the
-query region each match was found in (`regions`: how many regions beside the whole image; service.py)."""
+query region each match was found in (`regions`: how many regions beside the whole image; service.py), the top
+`verify` re-scored by local features (serve/verification.py)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve import schemas
 from qkcopy.serve.deps import file_part, need, read_uploads, service, wait
 from qkcopy.serve.schemas import BANK_PATTERN, BANK_SCHEMA, errors
 from qkcopy.serve.service import MAX_REGIONS, MatchService, TooLarge
+from qkcopy.serve.verification import MAX_VERIFY
 
 router = APIRouter()
 
@@ -28,10 +31,16 @@ async def match(images: list[UploadFile] = File(..., description="one or more im
                                     description="query regions described beside the whole image, each searched; a "
                                     "reference's score is its best over them (absent: the server's --regions). "
                                     "Costs 1 + regions descriptors per image"),
+                verify: int = Form(None, ge=0, le=MAX_VERIFY,
+                                   description="the best `verify` matches of each image re-scored by local features "
+                                   "(SIFT + RANSAC; score + 1.0 × confidence), each with its `confidence` and "
+                                   "`quad` (absent: the server's --verify; the server needs --references). "
+                                   "About 20 ms a verified match on one CPU thread"),
                 svc: MatchService = Depends(service)):
     if len(images) > svc.limits.max_images:
         raise TooLarge(f"{len(images)} images in one request; the limit is {svc.limits.max_images}")
-    uploads = await read_uploads(svc, images, svc.regions if regions is None else regions)
+    verify = svc.verify if verify is None else verify
+    uploads = await read_uploads(svc, images, svc.regions if regions is None else regions, verify)
     futures = []
     try:
         for u in uploads:
@@ -41,6 +50,8 @@ async def match(images: list[UploadFile] = File(..., description="one or more im
             f.cancel()
         raise
     found = await wait(svc, futures)
+    if verify:
+        found = await run_in_threadpool(svc.verified, uploads, found, verify)
     svc.remember(uploads, found)
     t = svc.collection.threshold_score
     return schemas.MatchResponse(

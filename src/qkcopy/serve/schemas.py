@@ -38,7 +38,12 @@ class MatchedRef(BaseModel):
     box: list[int] = Field(min_length=4, max_length=4,
                            description="the query region this score is of: [x0, y0, x1, y1] in the query's pixels "
                            "(x1, y1 exclusive); the whole image [0, 0, width, height] when no region scored higher "
-                           "or regions are off")
+                           "or regions are off; a verified match's: the bounding box of its `quad`")
+    confidence: float | None = Field(None, description="local-feature verification's confidence 0..1, when this "
+                                     "match was verified (`verify`); its score then includes + 1.0 × confidence")
+    quad: list[list[float]] | None = Field(None, description="a verified reference's outline in the query: its 4 "
+                                           "corners [[x, y], …] (top-left, top-right, bottom-right, bottom-left of "
+                                           "the reference) in the query's pixels; null when not verified")
 
 
 class ImageResult(BaseModel):

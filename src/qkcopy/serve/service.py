@@ -15,7 +15,8 @@ searched, a reference's score is its best over the query's regions (ties: the ea
 first; `region_margin` is added to a region's squared distance, not the whole image's, as `qkcopy eval
 --region-margin` does, so a threshold calibrated there holds here), and the winning region's box comes back with
 each match (`BoxedMatch`). With n = 0 the box is the whole image and the answers are those of a single
-descriptor.
+descriptor. Verification (`verify` K > 0, with the references' files): the top K re-scored by local features as
+`qkcopy eval --verify K` does, each verified match with its confidence and outline (serve/verification.py).
 
 Letters: B batch, E descriptor dim, k neighbours, R regions of a query (the whole image first), T region rows.
 """
@@ -39,8 +40,10 @@ from qkcopy.collection import Collection, MatchRow, NewRef
 from qkcopy.collection.collection import check_bank
 from qkcopy.collection.describe import Describer, Prepared, sha256, thumbnail
 from qkcopy.data.images import decode_image
+from qkcopy.data.verify import Features, VerifyConfig, features
 from qkcopy.evaluation.threshold import any_copy, is_copy, scoring_of
 from qkcopy.serve.batcher import Batcher
+from qkcopy.serve.verification import ReferenceFiles, check_verify, verify_matches
 
 log = logging.getLogger(__name__)
 MAX_REGIONS = 16  # per query, beside the whole image
@@ -78,11 +81,14 @@ class Upload:
     thumb: bytes
     boxes: np.ndarray  # (R, 4) int64 (x0, y0, x1, y1) in the image's pixels, row 0 the whole image
     regions: tuple[Prepared, ...] = ()  # (R − 1) the regions' inputs, in the order of boxes[1:]
+    features: Features | None = None  # SIFT features of the query, when its matches are to be verified
 
 
 @dataclass(frozen=True)
 class BoxedMatch(MatchRow):
     box: tuple[int, int, int, int]  # the query region whose score this is, (x0, y0, x1, y1) in query pixels
+    confidence: float | None = None  # local-feature verification's 0..1 (None: not verified; verification.py)
+    quad: tuple[tuple[float, float], ...] | None = None  # a verified reference's 4 corners in query pixels
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,8 @@ class _Describe:
 
 class MatchService:
     def __init__(self, collection: Collection, describer: Describer, limits: Limits = Limits(),
-                 on_batch=None, regions: int = 0, region_margin: float = 0.0, region_size: int | None = None) -> None:
+                 on_batch=None, regions: int = 0, region_margin: float = 0.0, region_size: int | None = None,
+                 verify: int = 0, references: ReferenceFiles | None = None, verify_side: int = 320) -> None:
         if describer.fingerprint != collection.fingerprint:
             raise ValueError(f"the model ({describer.fingerprint}) is not the collection's ({collection.fingerprint})")
         if not (np.isfinite(region_margin) and region_margin >= 0):
@@ -110,7 +117,11 @@ class MatchService:
                              f"{describer.trained.input_size}), got {region_size}")
         self.regions = check_regions(regions)  # a match request's default
         self.region_margin, self.region_size = float(region_margin), region_size
-        made = scoring_of(self.regions, self.region_margin, region_size)
+        self.verify, self.references = check_verify(verify), references  # a request's default; reference files
+        if verify and references is None:
+            raise ValueError("verification needs the references' image files: give --references DIR")
+        self.verify_cfg = VerifyConfig(k=1, max_side=verify_side)  # k: each request's
+        made = scoring_of(self.regions, self.region_margin, region_size, self.verify)
         told = getattr(collection.threshold, "scoring", None)
         if told is not None and told != made:
             log.warning("the collection's threshold was calibrated on scores made with %s, the service makes %s: "
@@ -134,15 +145,20 @@ class MatchService:
 
     # --- on the caller's thread ---
 
-    def prepare(self, data: bytes, name: str, regions: int = 0) -> Upload:
+    def prepare(self, data: bytes, name: str, regions: int = 0, verify: int = 0) -> Upload:
         """Decode and check one uploaded file (content sniffed, bomb-guarded) into model inputs: the whole
-        image's, and those of up to `regions` proposed regions (a query's; references take none)."""
+        image's, and those of up to `regions` proposed regions (a query's; references take none); with `verify`
+        > 0 also its local features, to verify its matches."""
         check_regions(regions)
+        if check_verify(verify) and self.references is None:
+            raise ValueError("verify: this server has no reference files to verify with (start it with --verify K "
+                             "--references DIR)")
         if len(data) > self.limits.max_upload_bytes:
             raise TooLarge(f"{name}: {len(data)} bytes is over the limit of {self.limits.max_upload_bytes}")
         img = decode_image(data, name, max_pixels=self.limits.max_pixels)  # ImageError, its code the kind
         boxes, items = self.describer.prepare_regions(img, regions, self.region_size)  # (R, 4), R inputs
-        return Upload(name, items[0], sha256(data), thumbnail(img), boxes, tuple(items[1:]))
+        found = features(img, self.verify_cfg) if verify else None
+        return Upload(name, items[0], sha256(data), thumbnail(img), boxes, tuple(items[1:]), found)
 
     def submit_match(self, upload: Upload, k: int, bank: str | None) -> Future:
         if bank is not None:
@@ -151,8 +167,9 @@ class MatchService:
             raise ValueError(f"k must be in 1..100, got {k}")
         return self.batcher.submit(_Match(upload, k, bank))
 
-    def match_now(self, uploads: Sequence[Upload], k: int, bank: str | None) -> list[list[MatchRow]]:
-        """Match on the caller's thread, as one batch of the worker (`qkcopy match` without a server)."""
+    def match_now(self, uploads: Sequence[Upload], k: int, bank: str | None, verify: int = 0) -> list[list[MatchRow]]:
+        """Match on the caller's thread, as one batch of the worker (`qkcopy match` without a server), the top
+        `verify` of each upload prepared with its features verified."""
         if bank is not None:
             check_bank(bank)
         if not 1 <= k <= 100:
@@ -161,7 +178,16 @@ class MatchService:
         for r in results:
             if isinstance(r, Exception):
                 raise r
-        return results
+        return self.verified(uploads, results, verify)
+
+    def verified(self, uploads: Sequence[Upload], results: Sequence[list[BoxedMatch]], k: int) -> list[list]:
+        """Each upload's matches with its top `k` verified and re-scored (`verification.verify_matches`; uploads
+        prepared without features are left as they are). Blocking: seconds at most, call it off the event loop."""
+        if not check_verify(k):
+            return list(results)
+        cfg = dataclasses.replace(self.verify_cfg, k=k)
+        return [verify_matches(ms, u.features, self.collection, self.references, cfg, self.collection.threshold)
+                if u.features is not None else ms for u, ms in zip(uploads, results)]
 
     def submit_describe(self, upload: Upload) -> Future:
         return self.batcher.submit(_Describe(upload.prepared))
@@ -181,7 +207,8 @@ class MatchService:
                     thumbnail="data:image/jpeg;base64," + base64.b64encode(upload.thumb).decode(),
                     is_copy=any_copy([m.score for m in matches], self.collection.threshold),
                     matches=[dict(id=m.id, name=m.name, bank=m.bank, metadata=m.metadata, score=m.score,
-                                  is_copy=m.is_copy, box=list(m.box)) for m in matches[:5]]))
+                                  is_copy=m.is_copy, box=list(m.box), confidence=m.confidence, quad=m.quad)
+                             for m in matches[:5]]))
 
     # --- on the batcher's worker thread ---
 
@@ -249,18 +276,24 @@ def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int
 
 def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits(),
                  runtime: str = "torch", regions: int | None = None, region_margin: float | None = None,
-                 region_size: int | None = None) -> MatchService:
+                 region_size: int | None = None, verify: int = 0, references: str | Path | None = None,
+                 verify_side: int = 320) -> MatchService:
     """The collection in `collection_dir` with its model (or `model`, which must have the pinned fingerprint);
     runtime "onnx" runs the model with onnxruntime (exported once into COLLECTION/onnx-<fingerprint>);
     `regions`: query regions described beside each whole query unless a request says otherwise, at
     `region_size` (0: the model's input side), `region_margin` added to their squared distances; each None
-    takes the model's own (`model.regions`, `model.region_size`, `model.region_margin`: its preset's choice)."""
+    takes the model's own (`model.regions`, `model.region_size`, `model.region_margin`: its preset's choice);
+    `verify`: matches verified per query unless a request says otherwise, with the image files in `references`
+    (by name and content) at `verify_side` px."""
     import torch
 
     from qkcopy.collection.describe import RUNTIMES, onnx_sessions
 
     if regions is not None:
         check_regions(regions)
+    if check_verify(verify) and references is None:
+        raise ValueError("--verify needs --references DIR, the folder of the references' image files")
+    files = ReferenceFiles.scan(references) if references is not None else None
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
 
@@ -286,7 +319,8 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
         sessions = onnx_sessions(trained, Path(collection_dir) / f"onnx-{trained.fingerprint}", torch.get_num_threads())
     try:
         return MatchService(collection, Describer(trained, sessions), limits, regions=regions,
-                            region_margin=region_margin, region_size=region_size)
+                            region_margin=region_margin, region_size=region_size, verify=verify, references=files,
+                            verify_side=verify_side)
     except BaseException:
         collection.close()
         raise
