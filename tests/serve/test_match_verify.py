@@ -83,6 +83,8 @@ def test_serve_verify_rescores_the_top_k_with_the_outline_on_the_real_server(tex
     assert err.value.status == 422 and "verify" in err.value.message
     assert "verify=3" in (tmp_path / "server.log").read_text()  # the start-up line prints the setting
     best = verified[0]
+    print("verified", {k: best[k] for k in ("name", "score", "confidence", "box", "quad")}, "unverified score",
+          next(m["score"] for m in plain if m["id"] == best["id"]))
     assert best["name"] == "tex1.png" and best["confidence"] > 0.5 and len(best["quad"]) == 4
     assert box_iou(np.array([best["box"]]), np.array([PASTE_BOX]))[0, 0] >= 0.8, best["box"]
     assert all(m["confidence"] == 0.0 and m["quad"] is None for m in verified[1:])  # verified, not copies
