@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from qkcopy.evaluation.threshold import any_copy
 from qkcopy.serve import schemas
 from qkcopy.serve.deps import file_part, need, read_uploads, service, wait
+from qkcopy.serve.region_matches import MAX_REGIONS
 from qkcopy.serve.schemas import BANK_PATTERN, BANK_SCHEMA, errors
-from qkcopy.serve.service import MAX_REGIONS, MatchService, TooLarge
+from qkcopy.serve.service import MatchService, TooLarge
 from qkcopy.serve.verification import MAX_VERIFY
 
 router = APIRouter()

@@ -41,12 +41,12 @@ from qkcopy.collection.collection import check_bank
 from qkcopy.collection.describe import Describer, Prepared, sha256, thumbnail
 from qkcopy.data.images import decode_image
 from qkcopy.data.verify import Features, VerifyConfig, features
-from qkcopy.evaluation.threshold import any_copy, is_copy, scoring_of
+from qkcopy.evaluation.threshold import any_copy, scoring_of
 from qkcopy.serve.batcher import Batcher
+from qkcopy.serve.region_matches import BoxedMatch, best_over_regions, check_regions
 from qkcopy.serve.verification import ReferenceFiles, check_verify, verify_matches
 
 log = logging.getLogger(__name__)
-MAX_REGIONS = 16  # per query, beside the whole image
 DESCRIBE_CHUNK = 64  # model inputs per model call when regions multiply a batch
 
 
@@ -82,13 +82,6 @@ class Upload:
     boxes: np.ndarray  # (R, 4) int64 (x0, y0, x1, y1) in the image's pixels, row 0 the whole image
     regions: tuple[Prepared, ...] = ()  # (R − 1) the regions' inputs, in the order of boxes[1:]
     features: Features | None = None  # SIFT features of the query, when its matches are to be verified
-
-
-@dataclass(frozen=True)
-class BoxedMatch(MatchRow):
-    box: tuple[int, int, int, int]  # the query region whose score this is, (x0, y0, x1, y1) in query pixels
-    confidence: float | None = None  # local-feature verification's 0..1 (None: not verified; verification.py)
-    quad: tuple[tuple[float, float], ...] | None = None  # a verified reference's 4 corners in query pixels
 
 
 @dataclass(frozen=True)
@@ -248,30 +241,6 @@ class MatchService:
                                                      self.region_margin, self.collection.threshold)
                 start += len(span)
         return results
-
-
-def check_regions(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_REGIONS:
-        raise ValueError(f"regions must be an integer in 0..{MAX_REGIONS}, got {n!r}")
-    return int(n)
-
-
-def best_over_regions(found: Sequence[list[MatchRow]], boxes: np.ndarray, k: int, margin: float = 0.0,
-                      threshold=None) -> list[BoxedMatch]:
-    """One query's k best references by their best score over its regions (`found`: each region's k best,
-    row 0 the whole image's; `margin` taken off every region's score but the whole image's, the verdict then
-    taken again against `threshold`), each with the winning region's box; ties keep the earlier region, and the
-    order of equal scores is the search's. Exact: a reference of the k best is among its winning region's k
-    best (the margin is the same for all of a region's candidates)."""
-    best: dict[int, tuple[MatchRow, int]] = {}
-    for region, matches in enumerate(found):
-        for m in matches:
-            if region and margin:
-                m = dataclasses.replace(m, score=m.score - margin, is_copy=is_copy(m.score - margin, threshold))
-            if m.id not in best or m.score > best[m.id][0].score:
-                best[m.id] = (m, region)
-    ranked = sorted(best.values(), key=lambda mr: -mr[0].score)[:k]  # stable: the search's order among ties
-    return [BoxedMatch(**vars(m), box=tuple(int(v) for v in boxes[region])) for m, region in ranked]
 
 
 def open_service(collection_dir, model=None, device: str = "auto", limits: Limits = Limits(),
