@@ -50,3 +50,20 @@ def draw_images(folder: Path, n: int, seed: int = 0, size: int = 96, prefix: str
         img.save(path, quality=92)
         paths.append(path)
     return paths
+
+
+def textured_picture(seed: int, size=(300, 240)):
+    """A picture with corners and blobs everywhere (SIFT needs texture): blurred noise plus random shapes."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (size[1] // 6, size[0] // 6, 3), dtype=np.uint8)
+    img = Image.fromarray(noise).resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
+    draw = ImageDraw.Draw(img)
+    for _ in range(40):
+        x, y = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
+        s = int(rng.integers(6, 30))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + s, y + s), fill=fill)
+    return img

@@ -4,30 +4,17 @@ query), an unrelated picture is not verified, and re-scoring touches only the to
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+from testkit import textured_picture
 
 from qkcopy.data.isc_csv import Predictions
 from qkcopy.data.verify import VerifyConfig, verify_pair, verify_predictions
 
 
-def _textured(seed: int, size=(300, 240)) -> Image.Image:
-    """A picture with corners and blobs everywhere (SIFT needs texture): blurred noise plus random shapes."""
-    rng = np.random.default_rng(seed)
-    noise = rng.integers(0, 256, (size[1] // 6, size[0] // 6, 3), dtype=np.uint8)
-    img = Image.fromarray(noise).resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
-    draw = ImageDraw.Draw(img)
-    for _ in range(40):
-        x, y = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
-        s = int(rng.integers(6, 30))
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + s, y + s), fill=fill)
-    return img
-
-
 def test_known_homography_is_recovered():
-    ref = _textured(0)
+    ref = textured_picture(0)
     h = np.array([[0.55, 0.06, 140.0], [-0.04, 0.5, 90.0], [0.0002, 0.0001, 1.0]])  # reference → query
-    host = np.asarray(_textured(1, (560, 420)))
+    host = np.asarray(textured_picture(1, (560, 420)))
     warped = cv2.warpPerspective(np.asarray(ref), h, (560, 420))
     inside = cv2.warpPerspective(np.full((240, 300), 255, np.uint8), h, (560, 420)) > 0
     query = Image.fromarray(np.where(inside[..., None], warped, host))
@@ -42,13 +29,13 @@ def test_known_homography_is_recovered():
 
 
 def test_unrelated_picture_is_not_verified():
-    v = verify_pair(_textured(2), _textured(3))
+    v = verify_pair(textured_picture(2), textured_picture(3))
     assert v.confidence == 0.0 and v.quad is None and v.box is None
 
 
 def test_rescoring_touches_only_the_top_k(tmp_path):
-    ref, other = _textured(0), _textured(4)
-    query = _textured(5, (400, 320))
+    ref, other = textured_picture(0), textured_picture(4)
+    query = textured_picture(5, (400, 320))
     query.paste(ref.resize((200, 160)), (100, 80))
     for name, img in (("q", query), ("r", ref), ("o", other)):
         img.save(tmp_path / f"{name}.png")

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 from served import start_server
-from testkit import FAST, free_port
+from testkit import FAST, free_port, textured_picture
 
 from qkcopy.cli import main
 from qkcopy.client import ApiError, Client
@@ -23,20 +23,6 @@ from qkcopy.serve.service import open_service
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PASTE_BOX = (100, 80, 300, 240)  # where reference 1 (300 × 240, shrunk to 200 × 160) sits in the 400 × 320 query
-
-
-def _textured(seed: int, size=(300, 240)) -> Image.Image:
-    """A picture with corners and blobs everywhere (SIFT needs texture), as tests/data/test_verify.py draws."""
-    rng = np.random.default_rng(seed)
-    noise = rng.integers(0, 256, (size[1] // 6, size[0] // 6, 3), dtype=np.uint8)
-    img = Image.fromarray(noise).resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
-    draw = ImageDraw.Draw(img)
-    for _ in range(40):
-        x, y = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
-        s = int(rng.integers(6, 30))
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + s, y + s), fill=fill)
-    return img
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +38,9 @@ def textured(tmp_path_factory, trained, tiny_run) -> dict:
     (root / "refs").mkdir()
     refs = []
     for i in range(3):
-        _textured(10 + i).save(root / "refs" / f"tex{i}.png")
+        textured_picture(10 + i).save(root / "refs" / f"tex{i}.png")
         refs.append(root / "refs" / f"tex{i}.png")
-    query = _textured(20, (400, 320))
+    query = textured_picture(20, (400, 320))
     query.paste(Image.open(refs[1]).resize((200, 160)), PASTE_BOX[:2])
     query.save(root / "query.png")
     describer = Describer(trained)
