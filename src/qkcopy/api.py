@@ -118,10 +118,9 @@ def search(model: TrainedModels, index: ReferenceIndex | str | os.PathLike, imag
         index = ReferenceIndex.load(index)
     if isinstance(threshold, (str, os.PathLike)):
         threshold = load_threshold(threshold, model.fingerprint)
-    own = model.cfg.model
+    regions, margin, size = model.query_regions(regions)
     return find_copies(model, index, _paths(images), k=k, threshold=threshold, batch_size=batch_size,
-                       workers=workers, regions=own.regions if regions is None else regions,
-                       region_margin=own.region_margin, region_size=own.region_size)
+                       workers=workers, regions=regions, region_margin=margin, region_size=size)
 
 
 def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: int = 10,
@@ -142,9 +141,8 @@ def evaluate(model: TrainedModels, benchmark: Benchmark | str | os.PathLike, k: 
     from qkcopy.evaluation.model_eval import evaluate_model
 
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark)
-    own = model.cfg.model
-    return evaluate_model(model, bench, k, regions=own.regions if regions is None else regions,
-                          region_margin=own.region_margin, region_size=own.region_size).metrics
+    regions, margin, size = model.query_regions(regions)
+    return evaluate_model(model, bench, k, regions=regions, region_margin=margin, region_size=size).metrics
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, config: str | os.PathLike = "cpu",

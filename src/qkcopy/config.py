@@ -59,12 +59,11 @@ class ModelConfig:
         for name in ("image_size", "hidden", "descriptor_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
-        if self.test_size is not None and self.test_size < 32:
-            raise ValueError(f"model test_size must be at least 32 pixels (or null), got {self.test_size}")
+        for name in ("test_size", "region_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 32:
+                raise ValueError(f"model {name} must be at least 32 pixels (or null), got {getattr(self, name)}")
         if not 0 <= self.regions <= 16:
             raise ValueError(f"model regions must be in 0..16, got {self.regions}")
-        if self.region_size is not None and self.region_size < 32:
-            raise ValueError(f"model region_size must be at least 32 pixels (or null), got {self.region_size}")
         if not (math.isfinite(self.region_margin) and self.region_margin >= 0):
             raise ValueError(f"model region_margin must be a finite number >= 0, got {self.region_margin}")
 

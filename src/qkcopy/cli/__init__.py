@@ -57,11 +57,10 @@ def add_region_options(p: argparse.ArgumentParser, scored: str, verify_help: str
     p.add_argument("--verify-side", type=count(32), default=320, help="images shrunk to this side to verify [320]")
 
 
-def region_defaults(args: argparse.Namespace, model) -> None:
-    """Fill the region options not given on the command line from the run's `ModelConfig` (its preset's choice)."""
-    for name in ("regions", "region_margin", "region_size"):
-        if getattr(args, name, None) is None:
-            setattr(args, name, getattr(model, name))
+def region_defaults(args: argparse.Namespace, trained) -> None:
+    """Fill the region options not given on the command line with the run's own (its preset's choice)."""
+    args.regions, args.region_margin, args.region_size = trained.query_regions(args.regions, args.region_margin,
+                                                                               args.region_size)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,16 +43,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--regions describes query images (references stay one K descriptor each): use --side query")
     dist = init(args.device)  # under torchrun: one rank per process, shards dealt out (retrieval.embed_ranks)
     trained = load_trained(args.model, dist.device if dist.world > 1 else args.device)
-    result = embed_folder_ranks(trained, scan_images(args.images), args.side, args.out, dist,
+    paths = scan_images(args.images)
+    result = embed_folder_ranks(trained, paths, args.side, args.out, dist,
                                     batch_size=args.batch, workers=args.workers, shard_size=args.shard_size,
                                     keep_shards=args.keep_shards)
     table = None
     if result is not None and args.regions:
         from qkcopy.retrieval.region_table import write_region_table
 
-        size = args.region_size or trained.cfg.model.region_size or trained.input_size
-        emb = trained.describe_regions(scan_images(args.images), args.regions, args.batch, args.workers,
-                                       region_size=size)
+        size = trained.query_regions(size=args.region_size)[2] or trained.input_size
+        emb = trained.describe_regions(paths, args.regions, args.batch, args.workers, region_size=size)
         table = write_region_table(result.prefix, emb, trained.fingerprint, args.regions, trained.input_size, size)
     dist.close()
     if result is None:  # not rank 0: rank 0 reports

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from qkcopy.model.trained import load_trained
 
     trained = load_trained(args.model, args.device, args.test_size)
-    region_defaults(args, trained.cfg.model)
+    region_defaults(args, trained)
     benchmark = load_benchmark(args.benchmark)
     run_dir = Path(args.model) if (Path(args.model) / "config.yaml").exists() else Path(args.model).parent.parent
     out = args.out or run_dir / "eval" / Path(args.benchmark).resolve().name

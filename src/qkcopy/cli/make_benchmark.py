@@ -32,9 +32,8 @@ def _run(args: argparse.Namespace) -> int:
     base = DEV_BENCHMARK if args.dev else REPORT_BENCHMARK if args.report else BenchmarkOptions()
     overrides = {field: getattr(args, name) for name, field in _FIELDS.items() if getattr(args, name) is not None}
     if args.heldout or args.report:
-        heldout = args.heldout or "all,paste"
-        overrides["heldout"] = FAMILIES if heldout == "all" else tuple(
-            f for part in heldout.split(",") for f in (FAMILIES if part == "all" else (part,)))
+        overrides["heldout"] = tuple(f for part in (args.heldout or "all,paste").split(",")
+                                     for f in (FAMILIES if part == "all" else (part,)))
     if args.avoid_references:
         overrides["avoid"] = reference_sources(Path(args.avoid_references))
     options = replace(base, **overrides)

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         refs = {p.stem: p for p in scan_images(args.references)}
     trained = load_trained(args.model, args.device)
     table = table_options(args, trained.fingerprint) if args.region_table is not None else None
-    region_defaults(args, trained.cfg.model)
+    region_defaults(args, trained)
     index = ReferenceIndex.load(args.index)
     result = find_copies(trained, index, paths, k=args.k, threshold=threshold, nprobe=args.nprobe,
                          batch_size=args.batch, workers=args.workers, regions=args.regions,

@@ -94,6 +94,14 @@ class TrainedModels:
                              batch_size=batch_size, workers=workers, device=self.device,
                              desc=desc or "query regions", region_size=region_size)
 
+    def query_regions(self, regions: int | None = None, margin: float | None = None,
+                      size: int | None = None) -> tuple[int, float, int | None]:
+        """(count, margin, side) of the query regions at inference: each value given, else the run's own
+        (`model.regions`, `model.region_margin`, `model.region_size`); a side of 0 or None is the input side (None)."""
+        own = self.cfg.model
+        return (own.regions if regions is None else regions, own.region_margin if margin is None else margin,
+                (own.region_size if size is None else size) or None)
+
     @property
     def fingerprint(self) -> str:
         """Identifies the exact (Q, K, PCA) weights and the inference input size (when it is not the training

@@ -272,15 +272,13 @@ def open_service(collection_dir, model=None, device: str = "auto", limits: Limit
     except BaseException:
         collection.close()
         raise
-    own = trained.cfg.model  # the options not given: the model's
-    regions = own.regions if regions is None else regions
-    region_margin = own.region_margin if region_margin is None else region_margin
-    if region_size is None and runtime == "onnx" and regions and own.region_size not in (None, trained.input_size):
+    own, told_size = trained.cfg.model, region_size  # the options not given: the model's
+    regions, region_margin, region_size = trained.query_regions(regions, region_margin, region_size)
+    if told_size is None and runtime == "onnx" and regions and own.region_size not in (None, trained.input_size):
         collection.close()
         raise ValueError(f"the model describes query regions at {own.region_size} px (model.region_size) and the onnx "
                          f"runtime only at its input side {trained.input_size}: give --region-size 0 (and calibrate "
                          "the threshold with --region-size of that side) or --regions 0")
-    region_size = (own.region_size if region_size is None else region_size) or None
     sessions = None
     if runtime == "onnx":
         if next(trained.q.parameters()).device.type != "cpu":
