@@ -165,3 +165,56 @@ def test_ivf_reindex_keeps_ids_banks_and_consistency(tmp_path, kind):
     with Collection.open(tmp_path / "c") as c:  # from the snapshot, the type pinned
         assert c.index().kind == kind and c.check()["consistent"]
         assert c.search(refs[1].vector[None], k=1)[0][0].id == 2
+
+
+def test_ivfpq_lookups_are_reranked_by_the_exact_vectors(tmp_path):
+    """IVF-PQ shortlists k·R by code distance; the database's exact vectors order the shortlist: the scores are
+    the exact −‖q − r‖² and the neighbours nearly the exact ones, where the codes alone lose them."""
+    e = 32
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, e))
+    vectors = (centres[rng.integers(0, 20, 1500)] + rng.normal(scale=0.4, size=(1500, e))).astype(np.float32)
+    refs = [NewRef(f"r{i}.jpg", f"h{i}", "default" if i % 5 else "b", {}, v) for i, v in enumerate(vectors)]
+    queries = vectors[:40] + rng.normal(scale=0.2, size=(40, e)).astype(np.float32)
+    by_id = {i + 1: v for i, v in enumerate(vectors)}
+    truth = [_brute(by_id, q, 10) for q in queries]
+    with Collection.create(tmp_path / "c", "fp0", e) as c:
+        c.add(refs)
+        got = {}
+        for rerank in (0, 10):
+            c.reindex("ivfpq", nlist=8, nprobe=8, m=4, rerank=rerank)
+            rows = c.search(queries, k=10)
+            got[rerank] = np.mean([len({m.id for m in r} & set(t)) / 10 for r, t in zip(rows, truth)])
+        assert c.params["rerank"] == 10
+        for q, r in zip(queries, rows):  # exact scores, best first
+            exact = [-float(((by_id[m.id].astype(np.float64) - q) ** 2).sum()) for m in r]
+            np.testing.assert_allclose([m.score for m in r], exact, rtol=1e-5)
+            assert [m.score for m in r] == sorted((m.score for m in r), reverse=True)
+        assert got[10] >= 0.95 and got[10] > got[0] + 0.1, got
+        in_b = c.search(queries[:5], k=10, bank="b")
+        assert all(m.bank == "b" for r in in_b for m in r) and all(len(r) == 10 for r in in_b)
+        c.remove([rows[0][0].id])
+        assert rows[0][0].id not in [m.id for m in c.search(queries[:1], k=10)[0]]
+    with Collection.open(tmp_path / "c") as c:  # the shortlist factor is pinned with the type
+        assert c.params["rerank"] == 10
+        with pytest.raises(ValueError, match="rerank must be in 0..100"):
+            c.reindex("ivfpq", m=4, rerank=-1)
+
+
+def test_a_large_rebuild_trains_on_a_sample_and_streams_the_rows(tmp_path, monkeypatch):
+    """Above MAX_TRAIN rows the IVF types train on a seeded sample and add the rows chunk by chunk (a 10M
+    collection never holds all its vectors at once); nlist follows the sample (>= 39 points a cell)."""
+    import qkcopy.collection.cache as cache
+
+    monkeypatch.setattr(cache, "MAX_TRAIN", 400)
+    with Collection.create(tmp_path / "c", "fp0", E) as c:
+        refs = _refs(1200)
+        c.add(refs)
+        seen = []
+        chunks = c.store.vectors
+        monkeypatch.setattr(c.store, "vectors", lambda dim, ids=None, batch=50_000: (
+            seen.append(None if ids is None else len(ids)) or chunks(dim, ids, batch=300)))
+        c.reindex("ivf", nprobe=10)
+        assert seen == [400, None]  # the sample, then every row streamed
+        assert c.params["nlist"] == 400 // 39 and c.check()["consistent"]
+        assert c.search(refs[7].vector[None], k=1)[0][0].id == 8

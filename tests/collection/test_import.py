@@ -91,3 +91,28 @@ def test_import_of_a_torchrun_embed_equals_add(tiny_run, tiny_benchmark, tmp_pat
         for row_a, row_b in zip(a.search(queries, k=5), b.search(queries, k=5)):
             assert [m.name.rsplit(".", 1)[0] for m in row_a] == [m.name for m in row_b]
             np.testing.assert_allclose([m.score for m in row_b], [m.score for m in row_a], rtol=1e-4, atol=1e-6)
+
+
+def test_import_builds_the_index_type_it_is_given_once(tmp_path, capsys):
+    """`collection import --index ivfpq …`: the rows go in, the IVF-PQ index is built once at the end with
+    the given parameters (and exact re-ranking); a Milvus collection refuses an index type before writing."""
+    from qkcopy.io import atomic_write_json
+    from qkcopy.retrieval.descriptors import write_npy
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(600, 16)).astype(np.float32)
+    prefix = write_npy(tmp_path / "refs", [f"r{i}" for i in range(600)], vectors)
+    atomic_write_json(tmp_path / "refs.meta.json", dict(fingerprint="fp", side="reference", dim=16, n=600))
+    for store in ("faiss", "milvus-lite"):
+        Collection.create(tmp_path / store, "fp", 16, vectors=store).close()
+    args = ["--index", "ivfpq", "--nlist", "4", "--m", "4", "--rerank", "5"]
+    assert main(["collection", "import", str(tmp_path / "faiss"), f"{prefix}.npy", *args]) == 0
+    with Collection.open(tmp_path / "faiss") as c:
+        assert (c.kind, c.params["nlist"], c.params["m"], c.params["rerank"]) == ("ivfpq", 4, 4, 5)
+        assert c.check()["consistent"] and c.stats()["references"] == 600
+        row = c.search(vectors[3:4], k=3)[0]
+        assert row[0].name == "r3" and row[0].score == pytest.approx(0.0, abs=1e-5)  # exact, not a code distance
+    assert main(["collection", "import", str(tmp_path / "milvus-lite"), f"{prefix}.npy", *args]) == 2
+    assert "index type applies to the faiss store only" in capsys.readouterr().err
+    with Collection.open(tmp_path / "milvus-lite") as c:
+        assert c.stats()["references"] == 0

@@ -21,3 +21,11 @@ def test_a_tiny_run_finds_the_exact_neighbours(tmp_path):
     (row,) = json.loads((tmp_path / "results.json").read_text())
     assert row["n"] == 300 and row["store"] == "faiss" and row["recall_at_10"] == 1.0 and row["ingest_per_s"] > 0
     assert main(["bench-stores", "--stores", "milvus", "--out", str(tmp_path)]) == 2
+
+
+def test_a_tiny_ivfpq_run_reranks_to_the_exact_neighbours(tmp_path):
+    """`--index ivfpq`: the import builds IVF-PQ once; lookups re-rank its shortlist with the exact vectors."""
+    assert main(["bench-stores", "--sizes", "2000", "--stores", "faiss", "--index", "ivfpq", "--nlist", "8",
+                 "--queries", "20", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["index"] == "ivfpq" and row["source_in_top10"] == 1.0 and row["recall_at_10"] >= 0.9, row

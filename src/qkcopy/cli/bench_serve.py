@@ -20,14 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="reference counts")
     p.add_argument("--nlist", type=int, default=1024, help="IVF cells (the 1M-reference setting) [1024]")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--stores", nargs="+", default=["faiss"],
+                   help="vector stores the store and service parts run on: faiss, milvus-lite, milvus://HOST:PORT "
+                        "[faiss]")
     p.add_argument("--out", type=Path, required=True, help="work folder; results.json is written there")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkcopy.collection.vector_store import check_store
     from qkcopy.perf.serve_run import run_serve_bench
 
+    for s in args.stores:
+        check_store(s)
     run_serve_bench(args.model, args.images, args.out, args.queries, args.threshold, tuple(args.sizes), args.nlist,
-                    tuple(args.parts))
+                    tuple(args.parts), tuple(args.stores))
     print(f"results: {args.out / 'results.json'}")
     return 0

@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stores", nargs="+", default=["faiss", "milvus-lite"],
                    help="faiss, milvus-lite, milvus://HOST:PORT [faiss milvus-lite]")
     p.add_argument("--queries", type=int, default=500, help="single-descriptor lookups per store [500]")
+    p.add_argument("--index", choices=("flat", "ivf", "ivfpq"), default="flat",
+                   help="the faiss store's index, built once by the import [flat]")
+    p.add_argument("--nlist", type=int, help="IVF cells [about 4·sqrt(N), capped by the training sample]")
     p.add_argument("--out", type=Path, required=True, help="work folder; results.json is written there")
     p.set_defaults(func=run)
 
@@ -26,5 +29,6 @@ def run(args: argparse.Namespace) -> int:
         check_store(s)
     if min(args.sizes) < 10 or args.queries < 1:
         raise ValueError("--sizes must be >= 10 and --queries >= 1")
-    bench_stores(args.out, args.sizes, args.stores, args.queries)
+    index = None if args.index == "flat" and args.nlist is None else dict(kind=args.index, nlist=args.nlist)
+    bench_stores(args.out, args.sizes, args.stores, args.queries, index)
     return 0

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from qkcopy.retrieval.faiss_index import INDEX_TYPES  # faiss itself is loaded only when an index is built
+from qkcopy.retrieval.faiss_index import INDEX_TYPES, RERANK  # faiss itself is loaded only when an index is built
 
 
 def parse_meta(items: list[str] | None) -> dict:
@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("descriptors", nargs="+", type=Path, help="PREFIX.h5 or PREFIX.npy files of `qkcopy embed`")
     q.add_argument("--bank", default="default", help="bank the references go into [default]")
     q.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata for every reference imported")
+    index_options(q, "--index", required=False)
     q = action("move", "keep the vectors in another store (faiss, milvus-lite, milvus://HOST:PORT), built from "
                "the database", _move)
     q.add_argument("--store", required=True, metavar="STORE", help="faiss, milvus-lite or milvus://HOST:PORT")
@@ -72,10 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--check", action="store_true", help="load the index and check that it equals the database")
     action("snapshot", "write the index snapshot now (faster start-up)", _snapshot)
     q = action("reindex", "rebuild the index as another type (IVF types trained on the references)", _reindex)
-    q.add_argument("--type", choices=INDEX_TYPES, required=True)
-    q.add_argument("--nlist", type=int, help="IVF cells [about 4·sqrt(N)]")
-    q.add_argument("--nprobe", type=int, help="IVF cells searched [min(nlist, 16)]")
-    q.add_argument("--m", type=int, help="IVF-PQ sub-quantisers [32]")
+    index_options(q, "--type", required=True)
     q = action("key", "API keys of the service: create (printed once), list, revoke", _key)
     q.add_argument("key_action", choices=("create", "list", "revoke"))
     q.add_argument("name", nargs="?", help="key name (create, revoke)")
@@ -144,7 +142,9 @@ def _import(args) -> int:
 
     meta = parse_meta(args.meta)
     with Collection.open(args.collection) as coll:
-        done = import_descriptors(coll, args.descriptors, args.bank, meta)
+        index = None if args.type is None else dict(kind=args.type, nlist=args.nlist, nprobe=args.nprobe, m=args.m,
+                                                     rerank=args.rerank)
+        done = import_descriptors(coll, args.descriptors, args.bank, meta, index=index)
         print(f"imported {done.added} references into bank {args.bank!r} from {done.files} files ({done.present} "
               f"already present); collection now holds {coll.stats()['references']}")
     return 0
@@ -198,11 +198,22 @@ def _snapshot(args) -> int:
     return 0
 
 
+def index_options(q: argparse.ArgumentParser, flag: str, required: bool) -> None:
+    """The index type and its parameters (reindex; import, which builds the index once at the end)."""
+    q.add_argument(flag, dest="type", choices=INDEX_TYPES, required=required,
+                   help="index type" + ("" if required else " built at the end [the collection's, flat at first]"))
+    q.add_argument("--nlist", type=int, help="IVF cells [about 4·sqrt(N)]")
+    q.add_argument("--nprobe", type=int, help="IVF cells searched [min(nlist, 16)]")
+    q.add_argument("--m", type=int, help="IVF-PQ sub-quantisers [32]")
+    q.add_argument("--rerank", type=int, help=f"IVF-PQ: shortlist k·R by code distance, order it by the exact "
+                   f"vectors of the database (0: off) [{RERANK}]")
+
+
 def _reindex(args) -> int:
     from qkcopy.collection import Collection
 
     with Collection.open(args.collection) as coll:
-        coll.reindex(args.type, args.nlist, args.nprobe, args.m)
+        coll.reindex(args.type, args.nlist, args.nprobe, args.m, args.rerank)
         print(f"{args.type} index of {len(coll.index())} references {coll.params}")
     return 0
 

@@ -30,7 +30,7 @@ import numpy as np
 from qkcopy.collection.records import Change, net_changes
 from qkcopy.collection.store import Store
 from qkcopy.io import atomic_dir, recover_dir
-from qkcopy.retrieval.faiss_index import default_nlist, new_faiss_index
+from qkcopy.retrieval.faiss_index import MIN_POINTS_PER_CELL, default_nlist, new_faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,13 @@ FORMAT = "qkcopy-collection-cache/1"
 MAX_TRAIN = 200_000  # IVF k-means sample
 
 
-def _empty_index(dim: int, kind: str, params: dict, train: np.ndarray | None) -> tuple[faiss.Index, dict]:
-    """The collection's rule on top of the one builder: its configured nlist is a cap that follows its size."""
+def _empty_index(dim: int, kind: str, params: dict, train: np.ndarray | None, n: int) -> tuple[faiss.Index, dict]:
+    """The collection's rule on top of the one builder: its configured nlist is a cap that follows its size `n`
+    and the training sample (at least MIN_POINTS_PER_CELL sample rows a cell)."""
     nlist = None
-    if kind != "flat":
-        n = 0 if train is None else len(train)
-        nlist = min(int(params.get("nlist") or default_nlist(n)), default_nlist(n)) if n else None
+    if kind != "flat" and n:
+        cap = min(default_nlist(n), max(1, len(train) // MIN_POINTS_PER_CELL))
+        nlist = min(int(params.get("nlist") or cap), cap)
     return new_faiss_index(kind, dim, train, nlist, params.get("m"), params.get("nprobe"), seed=0,
                            max_train=MAX_TRAIN, with_ids=True)
 
@@ -69,15 +70,25 @@ class IndexCache:
 
     @classmethod
     def build(cls, store: Store, dim: int, kind: str, params: dict) -> IndexCache:
-        """Every row of the database. Rows change while they are read in chunks: the cache starts at the
-        change seq read first, and `catch_up` (idempotent: it skips ids already present) reconciles the rest."""
+        """Every row of the database, streamed in chunks (never all vectors in memory at once: a 10M collection
+        holds 10 GB of them); IVF types are trained first on a sample of at most MAX_TRAIN rows (seed 0). Rows
+        change while they are read: the cache starts at the change seq read first, and `catch_up`
+        (idempotent: it skips ids already present) reconciles the rest."""
         seq = store.last_seq()
-        chunks = list(store.vectors(dim))
-        ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
-        vectors = np.concatenate([c[2] for c in chunks]) if chunks else np.zeros((0, dim), np.float32)
-        index, params = _empty_index(dim, kind, params, vectors if kind != "flat" else None)
+        train, n = None, 0
+        if kind != "flat":
+            ids = store.all_ids()
+            n = len(ids)
+            if n > MAX_TRAIN:
+                ids = np.sort(np.random.default_rng(0).choice(ids, MAX_TRAIN, replace=False))
+            chunks = [c[2] for c in store.vectors(dim, ids.tolist() if n > MAX_TRAIN else None)]
+            train = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+            del chunks
+        index, params = _empty_index(dim, kind, params, train, n)
+        del train
         cache = cls(index, kind, params, seq)
-        cache.add(ids, [b for c in chunks for b in c[1]], vectors)
+        for ids, banks, vectors in store.vectors(dim):
+            cache.add(ids, banks, vectors)
         log.info("index rebuilt from the database: %d references (%s)", len(cache), kind)
         return cache
 

@@ -30,7 +30,7 @@ from qkcopy.collection.vector_store import VectorIndex, check_store, is_milvus, 
 from qkcopy.errors import FingerprintMismatch
 from qkcopy.evaluation.threshold import (Threshold, is_copy, threshold_from_json, threshold_score,
                                          threshold_to_json)
-from qkcopy.retrieval.faiss_index import INDEX_TYPES
+from qkcopy.retrieval.faiss_index import INDEX_TYPES, RERANK, rerank_exact
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +156,21 @@ class Collection:
             self.store.truncate_changes(seq)
         return seq
 
-    def reindex(self, kind: str, nlist: int | None = None, nprobe: int | None = None, m: int | None = None) -> None:
-        """Rebuild the index as `kind` (IVF types trained on the current references) and pin that type."""
+    def reindex(self, kind: str, nlist: int | None = None, nprobe: int | None = None, m: int | None = None,
+                rerank: int | None = None) -> None:
+        """Rebuild the index as `kind` (IVF types trained on the current references) and pin that type;
+        `rerank` (IVF-PQ): the shortlist factor of `search` (0: code distances alone)."""
         if kind not in INDEX_TYPES:
             raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
         if self.milvus:
             raise ValueError(f"{self.root} keeps its vectors in Milvus ({self.store_spec}), whose index is exact "
                              "(FLAT); reindex applies to the faiss store only")
+        if rerank is not None and not 0 <= rerank <= 100:
+            raise ValueError(f"rerank must be in 0..100 (0: no exact re-ranking), got {rerank}")
         params = {k: v for k, v in dict(nlist=nlist, nprobe=nprobe, m=m).items() if v}
         cache = IndexCache.build(self.store, self.dim, kind, params)
+        if kind == "ivfpq" and rerank is not None:
+            cache.params = {**cache.params, "rerank": int(rerank)}
         self.store.set_settings(dict(index=kind, index_params=cache.params))
         self.kind, self.params = kind, cache.params
         with self._cache_lock:
@@ -253,14 +259,27 @@ class Collection:
     def threshold_score(self) -> float | None:
         return threshold_score(self.threshold)
 
+    def _stored_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids (m,), their exact vectors (m, E)) from the database; removed ids are absent."""
+        chunks = list(self.store.vectors(self.dim, ids.tolist()))
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[2] for c in chunks])
+
     def search(self, vectors: np.ndarray, k: int = 10, bank: str | None = None,
                nprobe: int | None = None) -> list[list[MatchRow]]:
-        """The k best references of each query descriptor (Q side), best first, with metadata and verdict."""
+        """The k best references of each query descriptor (Q side), best first, with metadata and verdict.
+
+        An IVF-PQ index shortlists k·R (`index_params["rerank"]`, default RERANK; 0: off) by its code distances
+        and the shortlist is ordered by exact distance from the database's vectors, so scores are exact."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
         if bank is not None:
             check_bank(bank)
-        sqdist, ids = self.index().search(vectors, k, bank, nprobe)  # (Nq, k), (Nq, k)
+        rerank = int(self.params.get("rerank", RERANK)) if self.kind == "ivfpq" and not self.milvus else 0
+        sqdist, ids = self.index().search(vectors, k * max(rerank, 1), bank, nprobe)  # (Nq, k·R) each
+        if rerank:  # IVF-PQ's code distances shortlist; the database's exact vectors order the shortlist
+            sqdist, ids = rerank_exact(vectors, ids, self._stored_vectors, k)
         refs = self.store.get(np.unique(ids[ids >= 0]).tolist())
         out = []
         for row_d, row_i in zip(sqdist, ids):

@@ -11,8 +11,9 @@ another model's descriptors, query-side (Q) descriptors and files with no metada
   of the collection, applied to descriptors);
 - no thumbnail is stored (the review page shows the name only).
 
-The faiss index is built once at the end (`reindex` to the pinned type, then a snapshot), not replayed row by
-row; on Milvus each chunk is written through as it commits and the end is one flush.
+The faiss index is built once at the end (`reindex` to the pinned type, or the one `index` names, then a
+snapshot), not replayed row by row; on Milvus each chunk is written through as it commits and the end is one
+flush. `.npy` files are memory-mapped and read chunk by chunk, so a 10M-row import never holds them whole.
 
 Letters: N rows of one file, E descriptor dim.
 """
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from qkcopy.collection.collection import Collection, check_bank
 from qkcopy.collection.records import NewRef
 from qkcopy.retrieval.embed_shards import read_descriptors
+from qkcopy.retrieval.faiss_index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,29 @@ def descriptor_key(image_id: str, vector) -> str:
 
 
 def import_descriptors(collection: Collection, files: Sequence[str | Path], bank: str = "default",
-                       meta: dict | None = None, chunk: int = CHUNK) -> Imported:
+                       meta: dict | None = None, chunk: int = CHUNK, index: dict | None = None) -> Imported:
     """Import reference descriptors of `files` into `bank`; returns what was added and what was present.
 
+    `index`: the faiss index to build at the end, {"kind": "flat" | "ivf" | "ivfpq", and optionally nlist,
+    nprobe, m, rerank} (`Collection.reindex`); default: the collection's type and parameters.
+
     Raises:
+        ValueError: `index` on a Milvus collection (its index is Milvus's), or an unknown type; before anything
+        is written.
         FingerprintMismatch: a file was embedded by another model. DescriptorError: no metadata, damaged, or
         query-side descriptors. FileNotFoundError: a file is missing. All before anything is written.
     """
     check_bank(bank)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    loaded = [(Path(f), *read_descriptors(f, collection.fingerprint, "reference", collection.dim)) for f in files]
+    if index is not None:
+        if collection.milvus:
+            raise ValueError(f"{collection.root} keeps its vectors in Milvus ({collection.store_spec}); an index "
+                             "type applies to the faiss store only")
+        if index.get("kind") not in INDEX_TYPES:
+            raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index.get('kind')!r}")
+    loaded = [(Path(f), *read_descriptors(f, collection.fingerprint, "reference", collection.dim, mmap=True))
+              for f in files]
     for f, _, vectors in loaded:
         if vectors.shape[1] != collection.dim:
             raise ValueError(f"{f}: descriptors are {vectors.shape[1]}-d, the collection's are {collection.dim}-d")
@@ -78,5 +92,6 @@ def import_descriptors(collection: Collection, files: Sequence[str | Path], bank
     if collection.milvus:
         collection.snapshot()  # one flush; the log is cut there
     else:
-        collection.reindex(collection.kind, **{k: collection.params.get(k) for k in ("nlist", "nprobe", "m")})
+        build = index or dict(kind=collection.kind, **collection.params)
+        collection.reindex(build["kind"], **{k: build.get(k) for k in ("nlist", "nprobe", "m", "rerank")})
     return Imported(added, present, len(loaded))

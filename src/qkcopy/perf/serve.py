@@ -6,7 +6,7 @@
   database, snapshot write, start-up from the snapshot.
 - real: IVF recall@10 against exact search on real descriptors (K of `--images`, queried with Q).
 - service: a real `qkcopy serve` process (uvicorn, one torch thread) on 127.0.0.1 over N synthetic + real
-  references: p50/p99 of /v1/match for one 512-px JPEG, throughput with 1, 8 and 32 concurrent clients,
+  references, for each vector store asked for (faiss: flat, IVF, IVF with onnxruntime; Milvus: its index): p50/p99 of /v1/match for one 512-px JPEG, throughput with 1, 8 and 32 concurrent clients,
   POST /v1/references ingestion, resident memory. Every load loop is bounded in count and time.
 
 Letters: N references, E descriptor dim, k neighbours.
@@ -72,12 +72,13 @@ def bench_index(n: int, nlist: int, nprobes=(16, 64), n_queries: int = 200) -> d
     return out
 
 
-def bench_store(n: int, root: Path, fingerprint: str = "synthetic", batch: int = 2000) -> dict:
+def bench_store(n: int, root: Path, fingerprint: str = "synthetic", batch: int = 2000, vectors: str = "faiss") -> dict:
+    """N synthetic references added through the collection (`vectors`: its store), rebuilt, snapshotted, reopened."""
     from qkcopy.collection import Collection, NewRef
 
     x = synthetic(n, seed=2)
     t = time.perf_counter()
-    with Collection.create(root, fingerprint, E) as coll:
+    with Collection.create(root, fingerprint, E, vectors=vectors) as coll:
         for s in range(0, n, batch):
             coll.add([NewRef(f"s{i}.jpg", f"synthetic-{i}", "synthetic", {}, x[i]) for i in range(s, min(n, s + batch))])
     ingest = time.perf_counter() - t

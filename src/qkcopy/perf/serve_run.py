@@ -19,7 +19,7 @@ PARTS = ("model", "index", "store", "real", "service")
 
 def run_serve_bench(model: Path, images: list[Path], out: Path, queries: Path | None = None,
                     threshold: float | None = None, sizes: tuple[int, ...] = (100_000, 1_000_000), nlist: int = 1024,
-                    parts: tuple[str, ...] = PARTS) -> dict:
+                    parts: tuple[str, ...] = PARTS, stores: tuple[str, ...] = ("faiss",)) -> dict:
     """Every figure of the service benchmark; returns what it saved to out/results.json.
 
     Args:
@@ -27,18 +27,18 @@ def run_serve_bench(model: Path, images: list[Path], out: Path, queries: Path | 
         out: work folder. queries: real query photos (IVF recall on real descriptors).
         threshold: copy threshold for the IVF copy-top-1 agreement. sizes: reference counts.
         nlist: IVF cells (capped by `default_nlist`). parts: which parts of `PARTS` to run.
+        stores: the collection's vector stores the store and service parts run on, one after the other
+            ("faiss", "milvus-lite", "milvus://host:port"); figures of a store other than faiss are keyed
+            "STORE:part".
     """
     import faiss
     import torch
 
-    from qkcopy.collection import Collection
-    from qkcopy.collection.describe import Describer, add_files, onnx_sessions
     from qkcopy.data.images import scan_images
     from qkcopy.io import atomic_write_json
     from qkcopy.model.trained import load_trained
     from qkcopy.perf import serve as bench
     from qkcopy.retrieval.faiss_index import default_nlist
-    from qkcopy.serve.auth import create_key
 
     torch.set_num_threads(1)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -65,22 +65,40 @@ def run_serve_bench(model: Path, images: list[Path], out: Path, queries: Path | 
             row["index"] = bench.bench_index(n, nlist)
             print(f"N={n} index:", row["index"], flush=True)
             save()
-        coll_dir = out / f"coll-{n}"
-        if "store" in parts or "service" in parts:
-            shutil.rmtree(coll_dir, ignore_errors=True)
-            row["store"] = _in_child(bench.bench_store, n, coll_dir, trained.fingerprint)
-            print(f"N={n} store:", row["store"], flush=True)
-            save()
-        if "service" in parts:
-            with Collection.open(coll_dir) as coll:
-                coll.store.set_settings(dict(model=str(Path(model).resolve())))
-                added, _, _ = add_files(coll, Describer(trained), photos[:200], "real", {})
-                key = create_key(coll.store, "bench", ["read", "write"])
-            query = bench.jpeg_512(photos[0])
-            adds = [bench.jpeg_512(p) for p in photos[200:240]]
-            row["service_flat"] = bench.bench_service(coll_dir, key, query, adds)
-            print(f"N={n} service, flat index:", row["service_flat"], flush=True)
-            save()
+        for store in stores:
+            _store_and_service(store, n, nlist, row, parts, trained, model, photos, out, save)
+    log.info("results: %s", out / "results.json")
+    return results
+
+
+def _store_and_service(store: str, n: int, nlist: int, row: dict, parts, trained, model: Path, photos: list,
+                       out: Path, save) -> None:
+    from qkcopy.collection import Collection
+    from qkcopy.collection.describe import Describer, add_files, onnx_sessions
+    from qkcopy.collection.vector_store import is_milvus
+    from qkcopy.perf import serve as bench
+    from qkcopy.serve.auth import create_key
+
+    if not {"store", "service"} & set(parts):
+        return
+    tag = "" if store == "faiss" else f"{store}:"
+    coll_dir = out / f"coll-{n}" if store == "faiss" else out / f"coll-{n}-{store.replace(':', '-').replace('/', '')}"
+    shutil.rmtree(coll_dir, ignore_errors=True)
+    row[f"{tag}store"] = _in_child(bench.bench_store, n, coll_dir, trained.fingerprint, 2000, store)
+    print(f"N={n} {store} store:", row[f"{tag}store"], flush=True)
+    save()
+    if "service" in parts:
+        with Collection.open(coll_dir) as coll:
+            coll.store.set_settings(dict(model=str(Path(model).resolve())))
+            add_files(coll, Describer(trained), photos[:200], "real", {})
+            key = create_key(coll.store, "bench", ["read", "write"])
+        query = bench.jpeg_512(photos[0])
+        adds = [bench.jpeg_512(p) for p in photos[200:240]]
+        row[f"{tag}service_flat"] = bench.bench_service(coll_dir, key, query, adds)
+        print(f"N={n} {store} service, {'Milvus FLAT' if is_milvus(store) else 'flat'} index:",
+              row[f"{tag}service_flat"], flush=True)
+        save()
+        if not is_milvus(store):  # the faiss store's other index and runtime
             _in_child(bench.reindex, coll_dir, nlist, 16)
             row["service_ivf"] = bench.bench_service(coll_dir, key, query, [])
             row["service_ivf"]["nlist"], row["service_ivf"]["nprobe"] = nlist, 16
@@ -90,9 +108,7 @@ def run_serve_bench(model: Path, images: list[Path], out: Path, queries: Path | 
             row["service_ivf_onnx"] = bench.bench_service(coll_dir, key, query, [], runtime="onnx")
             print(f"N={n} service, IVF index, onnxruntime:", row["service_ivf_onnx"], flush=True)
             save()
-            shutil.rmtree(coll_dir, ignore_errors=True)
-    log.info("results: %s", out / "results.json")
-    return results
+    shutil.rmtree(coll_dir, ignore_errors=True)
 
 
 def _in_child(fn, *args):

@@ -6,7 +6,12 @@ For each store and size N, in fresh processes (so resident memory is the store's
 2. start-up: `Collection.open` + the index loaded (faiss: snapshot read; Milvus: collection loaded) → s;
 3. lookups: Nq single-descriptor `Collection.search(k=10)` calls (index + the SQLite metadata of the hits),
    in process → p50/p99 ms, and the process's resident memory after them (VmRSS);
-4. recall@10 of those lookups against exact search (numpy, float64) over the same vectors.
+4. recall@10 of those lookups against exact search (numpy, float64) over the same vectors, and how often the
+   reference a query was made from is among its 10.
+
+The faiss store's index is flat unless `index` names another (`--index ivfpq` for 10M: the import builds it
+once, trained on a sample, streaming the rows; lookups re-rank IVF-PQ's shortlist with the exact vectors).
+The reference file is written through a memory map: 10M rows never sit in memory.
 
 Descriptors are unit vectors drawn around 1,000 Gaussian centres (σ 0.3 per unit of norm) so neighbours are
 not all equidistant; queries are references plus noise. Letters: N references, Nq queries, E dim (256).
@@ -26,11 +31,11 @@ K = 10
 FINGERPRINT = "bench-stores"
 
 
-def synthetic(n: int, seed: int) -> np.ndarray:
-    """(n, E) float32 unit vectors around 1,000 centres."""
+def synthetic(n: int, seed: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, E) float32 unit vectors around 1,000 centres, written into `out` (e.g. a memory-mapped .npy) if given."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(1000, E)).astype(np.float32)
-    out = np.empty((n, E), np.float32)
+    out = np.empty((n, E), np.float32) if out is None else out
     for s in range(0, n, 100_000):
         m = min(100_000, n - s)
         v = centres[rng.integers(0, 1000, m)] + rng.normal(scale=0.3, size=(m, E)).astype(np.float32)
@@ -45,13 +50,13 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _ingest(root: str, store: str, descriptors: str) -> dict:
+def _ingest(root: str, store: str, descriptors: str, index: dict | None) -> dict:
     from qkcopy.collection import Collection
     from qkcopy.collection.ingest import import_descriptors
 
     t = time.perf_counter()
     with Collection.create(root, FINGERPRINT, E, vectors=store) as coll:
-        done = import_descriptors(coll, [descriptors])
+        done = import_descriptors(coll, [descriptors], index=index)
     seconds = time.perf_counter() - t
     return dict(ingest_s=round(seconds, 1), ingest_per_s=round(done.added / seconds))
 
@@ -95,28 +100,48 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarra
     return best + 1
 
 
-def bench_stores(out: Path, sizes: list[int], stores: list[str], n_queries: int = 500) -> list[dict]:
-    """Run the comparison; writes and returns results (one dict per size and store) in out/results.json."""
+def write_references(prefix: Path, n: int) -> np.ndarray:
+    """An `embed`-format reference file of n synthetic rows (PREFIX.npy, _ids.txt, .meta.json), written through a
+    memory map so that 10M rows (10 GB) never sit in memory; returns the (read-only) memory-mapped rows."""
     from qkcopy.io import atomic_write_json
-    from qkcopy.retrieval.descriptors import write_npy
+
+    vectors = np.lib.format.open_memmap(f"{prefix}.npy", mode="w+", dtype=np.float32, shape=(n, E))
+    synthetic(n, seed=0, out=vectors)
+    vectors.flush()
+    with open(f"{prefix}_ids.txt", "w", encoding="utf-8") as f:
+        for s in range(0, n, 1_000_000):
+            f.write("".join(f"r{i}\n" for i in range(s, min(n, s + 1_000_000))))
+    atomic_write_json(Path(f"{prefix}.meta.json"), dict(fingerprint=FINGERPRINT, side="reference", dim=E, n=n))
+    del vectors
+    return np.load(f"{prefix}.npy", mmap_mode="r")
+
+
+def bench_stores(out: Path, sizes: list[int], stores: list[str], n_queries: int = 500,
+                 index: dict | None = None) -> list[dict]:
+    """Run the comparison; writes and returns results (one dict per size and store) in out/results.json.
+    `index`: the faiss store's index ({"kind": "ivfpq", "nlist": …}; default flat), built once by the import."""
+    from qkcopy.io import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for n in sizes:
-        vectors = synthetic(n, seed=0)
+        prefix = out / f"refs{n}"
+        vectors = write_references(prefix, n)
         rng = np.random.default_rng(1)
-        queries = vectors[rng.integers(0, n, n_queries)] + rng.normal(scale=0.05, size=(n_queries, E)).astype(np.float32)
+        sources = rng.integers(0, n, n_queries)
+        queries = vectors[sources] + rng.normal(scale=0.05, size=(n_queries, E)).astype(np.float32)
         truth = exact_top(vectors, queries)
-        prefix = write_npy(out / f"refs{n}", [f"r{i}" for i in range(n)], vectors)
-        atomic_write_json(Path(f"{prefix}.meta.json"), dict(fingerprint=FINGERPRINT, side="reference", dim=E, n=n))
         del vectors
         for store in stores:
             root = out / f"{store.replace('://', '-').replace(':', '-')}-{n}"
-            row = dict(n=n, store=store, **_in_child(_ingest, str(root), store, f"{prefix}.npy"))
+            faiss_index = index if store == "faiss" else None
+            row = dict(n=n, store=store, index=(faiss_index or {}).get("kind", "flat" if store == "faiss" else "FLAT"),
+                       **_in_child(_ingest, str(root), store, f"{prefix}.npy", faiss_index))
             looked = _in_child(_lookups, str(root), queries)
             found = looked.pop("found")
             row.update(looked, recall_at_10=round(float(np.mean([len(set(f) & set(t)) / K
-                                                                 for f, t in zip(found, truth.tolist())])), 4))
+                                                                 for f, t in zip(found, truth.tolist())])), 4),
+                       source_in_top10=round(float(np.mean([s + 1 in f for s, f in zip(sources.tolist(), found)])), 4))
             print(json.dumps(row), flush=True)
             results.append(row)
         atomic_write_json(out / "results.json", results)

@@ -83,15 +83,15 @@ def write_npy(dir_or_prefix: str | os.PathLike, ids: Sequence[str], vectors: np.
     return prefix
 
 
-def read_npy(dir_or_prefix: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Read what `write_npy` wrote: (ids, vectors (N, E) float32)."""
+def read_npy(dir_or_prefix: str | os.PathLike, mmap: bool = False) -> tuple[list[str], np.ndarray]:
+    """Read what `write_npy` wrote: (ids, vectors (N, E) float32); `mmap`: vectors memory-mapped, read-only."""
     prefix = _prefix(dir_or_prefix)
     npy, txt = Path(f"{prefix}.npy"), Path(f"{prefix}_ids.txt")
     for p in (npy, txt):
         if not p.is_file():
             raise FileNotFoundError(f"no such descriptor file: {p}")
     try:
-        vectors = np.load(npy, allow_pickle=False)
+        vectors = np.load(npy, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, EOFError, OSError) as err:  # truncated, damaged, or an object array
         raise DescriptorError(f"{npy}: damaged descriptor file ({type(err).__name__}: {err}); embed the images "
                               "again with `qkcopy embed`", npy) from None
@@ -119,7 +119,8 @@ def _check(ids: Sequence[str], vectors: np.ndarray, source: str) -> list[str]:
         seen: set[str] = set()
         dup = next(s for s in ids if s in seen or seen.add(s))
         raise ValueError(f"{source}: id {dup} appears more than once")
-    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    bad = np.concatenate([np.zeros(0, np.int64)] + [s + np.flatnonzero(~np.isfinite(vectors[s:s + 1 << 20]).all(axis=1))
+                                                   for s in range(0, len(vectors), 1 << 20)])  # 1M rows at a time
     if bad.size:
         raise ValueError(f"{source}: descriptor of {ids[bad[0]]} has non-finite values ({bad.size} such rows)")
     return ids

@@ -182,13 +182,13 @@ def read_meta(descriptor_file: str | Path) -> dict | None:
 
 
 def read_descriptors(path: str | Path, fingerprint: str, side: str, dim: int,
-                     allow_missing_meta: bool = False) -> tuple[list[str], np.ndarray]:
+                     allow_missing_meta: bool = False, mmap: bool = False) -> tuple[list[str], np.ndarray]:
     """(ids, vectors) from a `.h5` (ISC2021) or `.npy` descriptor file, checked against the model using them.
 
     The `.meta.json` that `embed_folder` writes beside the file says which model and side made the
     descriptors: another model or the wrong side is refused. A file without one is refused too (its model
     cannot be checked, and an index would be stamped with the wrong one) unless `allow_missing_meta`, when the
-    caller vouches that this model made them.
+    caller vouches that this model made them. `mmap`: a `.npy` file's vectors memory-mapped (read-only).
     """
     from qkcopy.retrieval.descriptors import read_isc_h5, read_npy
 
@@ -200,7 +200,7 @@ def read_descriptors(path: str | Path, fingerprint: str, side: str, dim: int,
                               "descriptors cannot be checked; embed them with `qkcopy embed`, or pass "
                               "--allow-missing-meta if you are sure this model's "
                               f"{SIDES[side].upper()} side made them", path)
-    ids, vectors = read_npy(path) if path.suffix == ".npy" else read_isc_h5(path)
+    ids, vectors = read_npy(path, mmap) if path.suffix == ".npy" else read_isc_h5(path)
     if meta is None:
         log.warning("%s has no %s beside it: trusting that model %s made these descriptors", path, META_SUFFIX,
                     fingerprint)
