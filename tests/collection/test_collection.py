@@ -218,3 +218,24 @@ def test_a_large_rebuild_trains_on_a_sample_and_streams_the_rows(tmp_path, monke
         assert seen == [400, None]  # the sample, then every row streamed
         assert c.params["nlist"] == 400 // 39 and c.check()["consistent"]
         assert c.search(refs[7].vector[None], k=1)[0][0].id == 8
+
+
+def test_milvus_builds_its_own_ivf_index_and_refuses_what_it_cannot(tmp_path):
+    """On Milvus, `reindex --type ivf` is Milvus's IVF_FLAT (pinned, reopened as such, probed with nprobe);
+    milvus-lite has no IVF_PQ: a one-line ValueError, and the exact index it had stays."""
+    refs = _refs(700)
+    by_id = {i + 1: r.vector for i, r in enumerate(refs)}
+    with Collection.create(tmp_path / "c", "fp0", E, vectors="milvus-lite") as c:
+        c.add(refs)
+        c.reindex("ivf", nlist=8, nprobe=8)
+        assert (c.kind, c.params) == ("ivf", dict(nlist=8, nprobe=8))
+        with pytest.raises(ValueError, match="milvus-lite at .* cannot build a IVF_PQ index.*stays IVF_FLAT"):
+            c.reindex("ivfpq", nlist=8, m=4)
+        assert c.kind == "ivf" and c.index().kind == "ivf"
+        for r in refs[:5]:  # every cell probed: the exact neighbours
+            assert [m.id for m in c.search(r.vector[None], k=5)[0]] == _brute(by_id, r.vector, 5)
+    with Collection.open(tmp_path / "c") as c:
+        assert c.index().kind == "ivf" and c.check()["consistent"]
+        assert c.search(refs[1].vector[None], k=1)[0][0].id == 2
+        c.move_vectors("faiss")  # another store starts exact
+        assert c.kind == "flat" and c.search(refs[1].vector[None], k=1)[0][0].id == 2

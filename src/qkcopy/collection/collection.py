@@ -30,7 +30,7 @@ from qkcopy.collection.vector_store import VectorIndex, check_store, is_milvus, 
 from qkcopy.errors import FingerprintMismatch
 from qkcopy.evaluation.threshold import (Threshold, is_copy, threshold_from_json, threshold_score,
                                          threshold_to_json)
-from qkcopy.retrieval.faiss_index import INDEX_TYPES, RERANK, rerank_exact
+from qkcopy.retrieval.faiss_index import INDEX_TYPES, RERANK, default_nlist, rerank_exact
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Collection:
                 from qkcopy.collection.milvus import MilvusIndex
 
                 self._cache = MilvusIndex.open(self.store, milvus_uri(self.store_spec, self.root), self.milvus_name,
-                                               self.dim)
+                                               self.dim, self.kind, self.params)
             if self._cache is None:
                 self._cache = IndexCache.open(self.store, self.root / CACHE_DIR, self.fingerprint, self.dim,
                                               self.kind, self.params)
@@ -162,12 +162,20 @@ class Collection:
         `rerank` (IVF-PQ): the shortlist factor of `search` (0: code distances alone)."""
         if kind not in INDEX_TYPES:
             raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
-        if self.milvus:
-            raise ValueError(f"{self.root} keeps its vectors in Milvus ({self.store_spec}), whose index is exact "
-                             "(FLAT); reindex applies to the faiss store only")
         if rerank is not None and not 0 <= rerank <= 100:
             raise ValueError(f"rerank must be in 0..100 (0: no exact re-ranking), got {rerank}")
         params = {k: v for k, v in dict(nlist=nlist, nprobe=nprobe, m=m).items() if v}
+        if self.milvus:  # Milvus builds its own index over the rows it holds
+            n = len(self.store.all_ids())
+            if kind != "flat":
+                params = dict(params, nlist=min(int(params.get("nlist") or default_nlist(n)), max(n, 1)),
+                              nprobe=int(params.get("nprobe") or 16))
+            if kind == "ivfpq" and rerank is not None:
+                params["rerank"] = int(rerank)
+            self.index().reindex(kind, params)
+            self.store.set_settings(dict(index=kind, index_params=params))
+            self.kind, self.params = kind, params
+            return
         cache = IndexCache.build(self.store, self.dim, kind, params)
         if kind == "ivfpq" and rerank is not None:
             cache.params = {**cache.params, "rerank": int(rerank)}
@@ -179,15 +187,16 @@ class Collection:
 
     def move_vectors(self, vectors: str) -> int:
         """Keep the vectors in another store ("faiss", "milvus-lite", "milvus://host:port"), built from the
-        database, which holds every row; returns how many references the new store holds."""
+        database, which holds every row, with an exact (flat) index; returns how many references it holds."""
         check_store(vectors)
         with self._cache_lock:
             if self._cache is not None and self.milvus:
                 self._cache.close()
             self._cache = None
-            self.store.set_settings(dict(store=vectors, milvus_seq=0,
+            self.store.set_settings(dict(store=vectors, milvus_seq=0, index="flat", index_params={},
                                          milvus_collection=new_milvus_name() if is_milvus(vectors) else None))
             self.store_spec, self.milvus_name = vectors, self.store.settings()["milvus_collection"]
+            self.kind, self.params = "flat", {}  # the new store starts exact; `reindex` there when it is built
         self.snapshot()  # builds the new store, then records how far it holds the change log
         return len(self.index())
 
@@ -276,7 +285,7 @@ class Collection:
             raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
         if bank is not None:
             check_bank(bank)
-        rerank = int(self.params.get("rerank", RERANK)) if self.kind == "ivfpq" and not self.milvus else 0
+        rerank = int(self.params.get("rerank", RERANK)) if self.kind == "ivfpq" else 0
         sqdist, ids = self.index().search(vectors, k * max(rerank, 1), bank, nprobe)  # (Nq, k·R) each
         if rerank:  # IVF-PQ's code distances shortlist; the database's exact vectors order the shortlist
             sqdist, ids = rerank_exact(vectors, ids, self._stored_vectors, k)

@@ -58,8 +58,8 @@ def import_descriptors(collection: Collection, files: Sequence[str | Path], bank
     nprobe, m, rerank} (`Collection.reindex`); default: the collection's type and parameters.
 
     Raises:
-        ValueError: `index` on a Milvus collection (its index is Milvus's), or an unknown type; before anything
-        is written.
+        ValueError: an unknown index type, before anything is written; one the Milvus engine cannot build,
+        after the rows are in (they stay, with the index they had).
         FingerprintMismatch: a file was embedded by another model. DescriptorError: no metadata, damaged, or
         query-side descriptors. FileNotFoundError: a file is missing. All before anything is written.
     """
@@ -67,9 +67,6 @@ def import_descriptors(collection: Collection, files: Sequence[str | Path], bank
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if index is not None:
-        if collection.milvus:
-            raise ValueError(f"{collection.root} keeps its vectors in Milvus ({collection.store_spec}); an index "
-                             "type applies to the faiss store only")
         if index.get("kind") not in INDEX_TYPES:
             raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index.get('kind')!r}")
     loaded = [(Path(f), *read_descriptors(f, collection.fingerprint, "reference", collection.dim, mmap=True))
@@ -91,6 +88,8 @@ def import_descriptors(collection: Collection, files: Sequence[str | Path], bank
             log.info("imported %s: %d rows", f, len(ids))
     if collection.milvus:
         collection.snapshot()  # one flush; the log is cut there
+        if index is not None:  # Milvus builds it over the rows it now holds
+            collection.reindex(index["kind"], **{k: index.get(k) for k in ("nlist", "nprobe", "m", "rerank")})
     else:
         build = index or dict(kind=collection.kind, **collection.params)
         collection.reindex(build["kind"], **{k: build.get(k) for k in ("nlist", "nprobe", "m", "rerank")})

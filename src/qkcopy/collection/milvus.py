@@ -3,8 +3,9 @@
 One Milvus collection per qkcopy collection holds each reference as (id = `refs.id`, bank, vector = the E-d K
 descriptor). `bank` is Milvus's partition key, so a lookup within a bank is a filtered search that Milvus
 routes to that bank's partition and evaluates exactly (`bank == {b}` before the k-nearest selection), never a
-post-filter of a global top-k. The Milvus index is FLAT under L2, so its distances are the squared L2 that the
-faiss store returns and the two stores rank alike.
+post-filter of a global top-k. The Milvus index is FLAT under L2 by default, so its distances are the squared
+L2 that the faiss store returns and the two stores rank alike; `reindex` switches it to Milvus's own IVF_FLAT
+("ivf") or IVF_PQ ("ivfpq", Milvus servers; milvus-lite refuses it), built by Milvus, searched with `nprobe`.
 
 Milvus is kept up with the SQLite change log exactly as the faiss cache is: `catch_up` applies the changes
 after `seq` as upserts and deletes (both idempotent, so replaying a change twice is harmless). The collection
@@ -13,7 +14,9 @@ flushes Milvus (sealed segments on disk) and the collection then records that se
 change log there. A process that starts replays from `milvus_seq`: whatever Milvus may have lost after its
 last flush comes back from the database.
 
-`uri` is a local file (milvus-lite: the real engine in-process) or `http://host:19530` (a Milvus cluster).
+`uri` is a local file (milvus-lite: Milvus's embedded edition, in-process — in its 3.x releases a Python engine
+with faiss indexes behind the same gRPC API, not the C++ server) or `http://host:19530` (a Milvus server or
+cluster); qkcopy's code is the same for both.
 
 Letters: N references, Nq queries, E descriptor dim, k neighbours.
 """
@@ -33,6 +36,15 @@ log = logging.getLogger(__name__)
 
 UPSERT_BATCH = 5_000
 ID_PAGE = 10_000
+MILVUS_TYPES = {"flat": "FLAT", "ivf": "IVF_FLAT", "ivfpq": "IVF_PQ"}  # the collection's index types in Milvus
+
+
+def milvus_index_params(kind: str, params: dict) -> tuple[str, dict]:
+    """(Milvus index type, its build parameters) for a collection index type and its parameters."""
+    build = {} if kind == "flat" else dict(nlist=int(params["nlist"]))
+    if kind == "ivfpq":
+        build.update(m=int(params.get("m") or 32), nbits=8)
+    return MILVUS_TYPES[kind], build
 
 
 def connect(uri: str):
@@ -53,11 +65,10 @@ def connect(uri: str):
 class MilvusIndex:
     """The collection's vectors in one Milvus collection, as of change `seq` of the database. Thread-safe."""
 
-    kind = "flat"
-
-    def __init__(self, client, name: str, dim: int, seq: int, uri: str = "") -> None:
+    def __init__(self, client, name: str, dim: int, seq: int, uri: str = "", kind: str = "flat",
+                 params: dict | None = None) -> None:
         self.client, self.name, self._dim, self.seq, self.uri = client, name, dim, seq, uri
-        self.params: dict = {}
+        self.kind, self.params = kind, dict(params or {})
         self.lock = threading.RLock()
 
     @property
@@ -67,15 +78,16 @@ class MilvusIndex:
     # --- opening and building ---
 
     @classmethod
-    def open(cls, store: Store, uri: str, name: str, dim: int) -> MilvusIndex:
+    def open(cls, store: Store, uri: str, name: str, dim: int, kind: str = "flat",
+             params: dict | None = None) -> MilvusIndex:
         """Connect, create the Milvus collection when absent (then load every row), and catch up."""
         client = connect(uri)
         settings = store.settings()
         if client.has_collection(name):
-            index = cls(client, name, dim, int(settings.get("milvus_seq", 0)), uri)
+            index = cls(client, name, dim, int(settings.get("milvus_seq", 0)), uri, kind, params)
             client.load_collection(name)
-        else:
-            index = cls(client, name, dim, store.last_seq(), uri)  # rows change meanwhile: catch_up reconciles
+        else:  # rows change meanwhile: catch_up reconciles
+            index = cls(client, name, dim, store.last_seq(), uri, kind, params)
             index._create()
             for ids, banks, vectors in store.vectors(dim):
                 index._upsert(ids, banks, vectors)
@@ -91,14 +103,52 @@ class MilvusIndex:
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("bank", DataType.VARCHAR, max_length=256, is_partition_key=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
+        self.client.create_collection(self.name, schema=schema, index_params=self._index_params(),
+                                      consistency_level="Strong")
+
+    def _index_params(self):
+        index_type, build = milvus_index_params(self.kind, self.params)
         params = self.client.prepare_index_params()
-        params.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
-        self.client.create_collection(self.name, schema=schema, index_params=params, consistency_level="Strong")
+        params.add_index(field_name="vector", index_type=index_type, metric_type="L2", params=build)
+        return params
+
+    def reindex(self, kind: str, params: dict) -> None:
+        """Rebuild the vector index inside Milvus as `kind` ("flat", "ivf", "ivfpq"; trained by Milvus on
+        the rows it holds). The rows stay; the engine's refusal (milvus-lite has no IVF_PQ) is a ValueError and
+        leaves the index it had."""
+        from pymilvus.exceptions import MilvusException
+
+        if kind == "ivfpq" and self.lite:  # it would accept the spec and fail at each search
+            raise ValueError(f"milvus-lite at {self.uri} cannot build a IVF_PQ index (it builds FLAT, IVF_FLAT, "
+                             f"IVF_SQ8, HNSW); use --type ivf, or a Milvus server; the index stays "
+                             f"{MILVUS_TYPES[self.kind]}")
+        with self.lock:
+            old = (self.kind, self.params)
+            self.kind, self.params = kind, dict(params)
+            try:
+                self._rebuild_index()
+            except MilvusException as err:
+                self.kind, self.params = old
+                self._rebuild_index()
+                raise ValueError(f"Milvus at {self.uri} cannot build a {MILVUS_TYPES[kind]} index "
+                                 f"({err.message}); the index stays {MILVUS_TYPES[old[0]]}") from None
+
+    def _rebuild_index(self) -> None:
+        self.client.release_collection(self.name)
+        if "vector" in self.client.list_indexes(self.name):
+            self.client.drop_index(self.name, "vector")
+        self.client.create_index(self.name, self._index_params())
+        self.client.load_collection(self.name)
+        self.search(np.zeros((1, self._dim), np.float32), 1)  # engines may build lazily: fail here, not later
+
+    @property
+    def lite(self) -> bool:
+        return not self.uri.startswith(("http://", "https://"))
 
     def close(self) -> None:
         """Close the client; milvus-lite's in-process server too, which holds its folder's lock until then."""
         self.client.close()
-        if not self.uri.startswith(("http://", "https://")):
+        if self.lite:
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.uri)
@@ -152,6 +202,9 @@ class MilvusIndex:
             return sqdist, ids
         # a string literal, quotes and backslashes escaped (filter templates are not in every Milvus)
         where = dict(filter="bank == " + json.dumps(bank, ensure_ascii=False)) if bank is not None else {}
+        if self.kind != "flat":
+            probe = min(int(nprobe or self.params.get("nprobe", 16)), int(self.params["nlist"]))
+            where["search_params"] = dict(params=dict(nprobe=probe))
         with self.lock:
             hits = self.client.search(self.name, data=list(vectors), limit=k, output_fields=["id"], **where)
         for row, found in enumerate(hits):

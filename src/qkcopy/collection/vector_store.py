@@ -5,7 +5,7 @@ in its settings (`store`):
 
 - "faiss" (the default, embedded): an in-process faiss index, a cache of the database snapshotted to
   `cache/` (cache.py: `IndexCache`);
-- "milvus-lite" (the real Milvus engine in-process, from `COLLECTION/milvus.db`) or "milvus://host:19530"
+- "milvus-lite" (Milvus's embedded edition in-process, from `COLLECTION/milvus.db`) or "milvus://host:19530"
   (a Milvus cluster): milvus.py, `MilvusIndex`. The same code serves both; only the URI differs.
 
 Either way SQLite (store.py) keeps what the service must change atomically with a reference: names, hashes
