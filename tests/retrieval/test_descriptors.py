@@ -107,3 +107,16 @@ def test_npy_errors(tmp_path):
         read_npy(tmp_path / "e")
     with pytest.raises(ValueError, match="line break"):
         write_npy(tmp_path / "f", ["a\nb"], vecs[:1])
+
+
+def test_non_finite_rows_are_found_and_counted_chunk_by_chunk(tmp_path, monkeypatch):
+    """The NaN/inf check reads a (memory-mapped) file in chunks: each bad row counted once, wherever it lies."""
+    import qkcopy.retrieval.descriptors as d
+
+    monkeypatch.setattr(d, "FINITE_CHUNK", 4)
+    vectors = np.zeros((11, 3), np.float32)
+    vectors[[5, 9, 10]] = np.nan
+    prefix = d.write_npy(tmp_path / "v", [f"i{i}" for i in range(11)], np.zeros((11, 3), np.float32))
+    np.save(f"{prefix}.npy", vectors)
+    with pytest.raises(ValueError, match=r"descriptor of i5 has non-finite values \(3 such rows\)"):
+        d.read_npy(prefix, mmap=True)

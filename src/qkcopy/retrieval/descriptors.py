@@ -104,6 +104,9 @@ def read_npy(dir_or_prefix: str | os.PathLike, mmap: bool = False) -> tuple[list
     return _check(ids, vectors, source=str(npy)), vectors
 
 
+FINITE_CHUNK = 1 << 20  # rows checked for NaN/inf at a time
+
+
 def _check(ids: Sequence[str], vectors: np.ndarray, source: str) -> list[str]:
     """Validate ids against vectors (N, E); returns the ids as a list of str."""
     if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or vectors.dtype != np.float32:
@@ -119,8 +122,9 @@ def _check(ids: Sequence[str], vectors: np.ndarray, source: str) -> list[str]:
         seen: set[str] = set()
         dup = next(s for s in ids if s in seen or seen.add(s))
         raise ValueError(f"{source}: id {dup} appears more than once")
-    bad = np.concatenate([np.zeros(0, np.int64)] + [s + np.flatnonzero(~np.isfinite(vectors[s:s + 1 << 20]).all(axis=1))
-                                                   for s in range(0, len(vectors), 1 << 20)])  # 1M rows at a time
+    step = FINITE_CHUNK  # a memory-mapped file is never read whole
+    bad = np.concatenate([np.zeros(0, np.int64)] + [s + np.flatnonzero(~np.isfinite(vectors[s:s + step]).all(axis=1))
+                                                   for s in range(0, len(vectors), step)])
     if bad.size:
         raise ValueError(f"{source}: descriptor of {ids[bad[0]]} has non-finite values ({bad.size} such rows)")
     return ids
