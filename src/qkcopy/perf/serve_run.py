@@ -98,12 +98,12 @@ def _store_and_service(store: str, n: int, nlist: int, row: dict, parts, trained
         print(f"N={n} {store} service, {'Milvus FLAT' if is_milvus(store) else 'flat'} index:",
               row[f"{tag}service_flat"], flush=True)
         save()
-        if not is_milvus(store):  # the faiss store's other index and runtime
-            _in_child(bench.reindex, coll_dir, nlist, 16)
-            row["service_ivf"] = bench.bench_service(coll_dir, key, query, [])
-            row["service_ivf"]["nlist"], row["service_ivf"]["nprobe"] = nlist, 16
-            print(f"N={n} service, IVF index:", row["service_ivf"], flush=True)
-            save()
+        _in_child(bench.reindex, coll_dir, nlist, 16)  # faiss's IVF, or Milvus's own IVF_FLAT
+        row[f"{tag}service_ivf"] = bench.bench_service(coll_dir, key, query, [])
+        row[f"{tag}service_ivf"]["nlist"], row[f"{tag}service_ivf"]["nprobe"] = nlist, 16
+        print(f"N={n} {store} service, IVF index:", row[f"{tag}service_ivf"], flush=True)
+        save()
+        if not is_milvus(store):  # the other runtime
             onnx_sessions(trained, coll_dir / f"onnx-{trained.fingerprint}", 1)  # export before the timed start
             row["service_ivf_onnx"] = bench.bench_service(coll_dir, key, query, [], runtime="onnx")
             print(f"N={n} service, IVF index, onnxruntime:", row["service_ivf_onnx"], flush=True)
