@@ -268,13 +268,6 @@ class Collection:
     def threshold_score(self) -> float | None:
         return threshold_score(self.threshold)
 
-    def _stored_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(found ids (m,), their exact vectors (m, E)) from the database; removed ids are absent."""
-        chunks = list(self.store.vectors(self.dim, ids.tolist()))
-        if not chunks:
-            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[2] for c in chunks])
-
     def search(self, vectors: np.ndarray, k: int = 10, bank: str | None = None,
                nprobe: int | None = None) -> list[list[MatchRow]]:
         """The k best references of each query descriptor (Q side), best first, with metadata and verdict.
@@ -288,7 +281,7 @@ class Collection:
         rerank = int(self.params.get("rerank", RERANK)) if self.kind == "ivfpq" else 0
         sqdist, ids = self.index().search(vectors, k * max(rerank, 1), bank, nprobe)  # (Nq, k·R) each
         if rerank:  # IVF-PQ's code distances shortlist; the database's exact vectors order the shortlist
-            sqdist, ids = rerank_exact(vectors, ids, self._stored_vectors, k)
+            sqdist, ids = rerank_exact(vectors, ids, lambda wanted: self.store.vectors_of(self.dim, wanted), k)
         refs = self.store.get(np.unique(ids[ids >= 0]).tolist())
         out = []
         for row_d, row_i in zip(sqdist, ids):

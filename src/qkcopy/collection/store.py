@@ -237,6 +237,13 @@ class Store:
             yield _unpack(rows, dim)
             after = rows[-1][0]
 
+    def vectors_of(self, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids (m,) int64, their vectors (m, E) float32) of `ids`; removed ids are absent."""
+        chunks = list(self.vectors(dim, np.asarray(ids).tolist()))
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[2] for c in chunks])
+
     # --- the change log the index cache replays ---
 
     def last_seq(self) -> int:

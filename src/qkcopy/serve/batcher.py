@@ -126,10 +126,10 @@ class Batcher:
                 results = [err] * len(items)
             took = time.monotonic() - start
             self._batch_s = 0.8 * self._batch_s + 0.2 * took
+            if self.on_batch is not None:  # before the replies: a client that reads /metrics next sees this batch
+                self.on_batch(len(items), start - items[0].enqueued, took)
             for item, result in zip(items, results):
                 if isinstance(result, Exception):
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
-            if self.on_batch is not None:
-                self.on_batch(len(items), start - items[0].enqueued, took)
