@@ -107,6 +107,12 @@ def test_import_builds_the_index_type_it_is_given_once(tmp_path, capsys):
     for store in ("faiss", "milvus-lite"):
         Collection.create(tmp_path / store, "fp", 16, vectors=store).close()
     args = ["--index", "ivfpq", "--nlist", "4", "--m", "4", "--rerank", "5"]
+    for bad, said in ((["--m", "7"], "m dividing the descriptor dim 16"), (["--rerank", "-1"], "rerank must be in"),
+                      (["--nlist", "0"], "nlist must be >= 1")):  # refused before a row goes in, not after
+        assert main(["collection", "import", str(tmp_path / "faiss"), f"{prefix}.npy", "--index", "ivfpq", *bad]) == 2
+        assert said in capsys.readouterr().err
+    with Collection.open(tmp_path / "faiss") as c:
+        assert c.stats()["references"] == 0
     assert main(["collection", "import", str(tmp_path / "faiss"), f"{prefix}.npy", *args]) == 0
     with Collection.open(tmp_path / "faiss") as c:
         assert (c.kind, c.params["nlist"], c.params["m"], c.params["rerank"]) == ("ivfpq", 4, 4, 5)

@@ -30,7 +30,7 @@ from qkcopy.collection.vector_store import VectorIndex, check_store, is_milvus, 
 from qkcopy.errors import FingerprintMismatch
 from qkcopy.evaluation.threshold import (Threshold, is_copy, threshold_from_json, threshold_score,
                                          threshold_to_json)
-from qkcopy.retrieval.faiss_index import INDEX_TYPES, RERANK, default_nlist, rerank_exact
+from qkcopy.retrieval.faiss_index import RERANK, check_index_params, default_nlist, rerank_exact
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ class Collection:
                 rerank: int | None = None) -> None:
         """Rebuild the index as `kind` (IVF types trained on the current references) and pin that type;
         `rerank` (IVF-PQ): the shortlist factor of `search` (0: code distances alone)."""
-        if kind not in INDEX_TYPES:
-            raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
-        if rerank is not None and not 0 <= rerank <= 100:
-            raise ValueError(f"rerank must be in 0..100 (0: no exact re-ranking), got {rerank}")
+        check_index_params(kind, self.dim, nlist, nprobe, m, rerank)
         params = {k: v for k, v in dict(nlist=nlist, nprobe=nprobe, m=m).items() if v}
         if self.milvus:  # Milvus builds its own index over the rows it holds
             n = len(self.store.all_ids())

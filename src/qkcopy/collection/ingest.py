@@ -31,7 +31,7 @@ from tqdm import tqdm
 from qkcopy.collection.collection import Collection, check_bank
 from qkcopy.collection.records import NewRef
 from qkcopy.retrieval.embed_shards import read_descriptors
-from qkcopy.retrieval.faiss_index import INDEX_TYPES
+from qkcopy.retrieval.faiss_index import check_index_params
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,17 @@ def import_descriptors(collection: Collection, files: Sequence[str | Path], bank
     nprobe, m, rerank} (`Collection.reindex`); default: the collection's type and parameters.
 
     Raises:
-        ValueError: an unknown index type, before anything is written; one the Milvus engine cannot build,
-        after the rows are in (they stay, with the index they had).
+        ValueError: an index request `check_index_params` refuses, before anything is written; one the Milvus
+        engine cannot build, after the rows are in (they stay, with the index they had).
         FingerprintMismatch: a file was embedded by another model. DescriptorError: no metadata, damaged, or
         query-side descriptors. FileNotFoundError: a file is missing. All before anything is written.
     """
     check_bank(bank)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if index is not None:
-        if index.get("kind") not in INDEX_TYPES:
-            raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index.get('kind')!r}")
+    if index is not None:  # checked before the rows go in: the index is built after them
+        check_index_params(index.get("kind"), collection.dim,
+                           **{k: index.get(k) for k in ("nlist", "nprobe", "m", "rerank")})
     loaded = [(Path(f), *read_descriptors(f, collection.fingerprint, "reference", collection.dim, mmap=True))
               for f in files]
     for f, _, vectors in loaded:

@@ -44,8 +44,7 @@ def new_faiss_index(kind: str, dim: int, train: np.ndarray | None, nlist: int | 
     """
     import faiss  # here, so that the command line reads INDEX_TYPES without loading faiss
 
-    if kind not in INDEX_TYPES:
-        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    check_index_params(kind, dim, nlist, nprobe, m)
     if kind == "flat":
         index = faiss.index_factory(dim, "Flat")
         return (faiss.IndexIDMap2(index) if with_ids else index), {}
@@ -60,8 +59,6 @@ def new_faiss_index(kind: str, dim: int, train: np.ndarray | None, nlist: int | 
     factory = f"IVF{nlist},Flat"
     if kind == "ivfpq":
         m = m or next(c for c in (32, 16, 8, 4, 2, 1) if dim % c == 0)
-        if dim % m:
-            raise ValueError(f"IVF-PQ needs m dividing the descriptor dim {dim}, got m={m}")
         if n < 2 ** PQ_BITS:
             raise ValueError(f"IVF-PQ needs at least {2 ** PQ_BITS} references (it trains {2 ** PQ_BITS} codes per "
                              f"sub-quantiser), got {n}; use the flat or ivf type")
@@ -77,6 +74,24 @@ def new_faiss_index(kind: str, dim: int, train: np.ndarray | None, nlist: int | 
 
 
 RERANK = 10  # an IVF-PQ lookup of k shortlists k·RERANK by code distance, then orders them by exact distance
+
+
+def check_index_params(kind: str, dim: int, nlist: int | None = None, nprobe: int | None = None,
+                       m: int | None = None, rerank: int | None = None) -> None:
+    """What can be checked of an index request before any work (an import of 10M rows builds it at the end).
+
+    Raises:
+        ValueError: an unknown type, nlist or nprobe below 1, m not dividing `dim`, rerank outside 0..100.
+    """
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    for name, value in (("nlist", nlist), ("nprobe", nprobe), ("m", m)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if m is not None and dim % m:
+        raise ValueError(f"IVF-PQ needs m dividing the descriptor dim {dim}, got m={m}")
+    if rerank is not None and not 0 <= rerank <= 100:
+        raise ValueError(f"rerank must be in 0..100 (0: no exact re-ranking), got {rerank}")
 
 
 def rerank_exact(queries: np.ndarray, candidates: np.ndarray, vectors_of, k: int) -> tuple[np.ndarray, np.ndarray]:

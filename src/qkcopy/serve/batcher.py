@@ -127,7 +127,10 @@ class Batcher:
             took = time.monotonic() - start
             self._batch_s = 0.8 * self._batch_s + 0.2 * took
             if self.on_batch is not None:  # before the replies: a client that reads /metrics next sees this batch
-                self.on_batch(len(items), start - items[0].enqueued, took)
+                try:
+                    self.on_batch(len(items), start - items[0].enqueued, took)
+                except Exception:  # a metrics bug must not hold the replies
+                    log.exception("on_batch failed")
             for item, result in zip(items, results):
                 if isinstance(result, Exception):
                     item.future.set_exception(result)
