@@ -91,6 +91,7 @@ class DataConfig:
     pca_images: int = 5000  # training images used to fit the GIST PCA
     holdout_families: tuple[str, ...] = ()  # edit families training never uses (qkcopy.data.families)
     synthesis: str = "augly"  # query edits: augly (AugLy's ops) or broad (also qkcopy.data.extra_edits)
+    op_weights: dict[str, float] = field(default_factory=dict)  # op -> sampling weight (0: never), {pixelization: 3}
     grad_cache_chunk: int = 0  # > 0: encode the batch in sub-batches of this many (training.grad_cache); 0: off
 
 
@@ -157,6 +158,10 @@ def _kind(allowed: tuple) -> str:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """The value as its field's type, or a ConfigError naming the key. YAML reads `3e-5` as a string and `1`
     as an int: float fields take both; ints, booleans, text and lists must be given as such."""
+    if typing.get_origin(hint) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and type(v) in (int, float) for k, v in value.items()):
+            return {k: float(v) for k, v in value.items()}
+        raise ConfigError(f"config key {key} must be a mapping of names to numbers, e.g. {{a: 2}}, got {value!r}", key)
     if typing.get_origin(hint) is tuple:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
@@ -268,8 +273,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: damaged config file ({_yaml_reason(err)}); restore it or give another config",
                           path) from None
-    if tree is None:
-        return {}
+    tree = {} if tree is None else tree
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a config file holds a mapping of keys, got {type(tree).__name__}", path)
     return tree
@@ -277,12 +281,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def segment_names(cfg: TrainConfig) -> list[str]:
     """Q1, K1, Q2, … — the phase names, also used as evaluation points for the comparison methods."""
-    counts: dict[str, int] = {}
-    names = []
-    for side in cfg.schedule.phases:
-        counts[side] = counts.get(side, 0) + 1
-        names.append(f"{side}{counts[side]}")
-    return names
+    phases = cfg.schedule.phases
+    return [f"{side}{phases[:i + 1].count(side)}" for i, side in enumerate(phases)]
 
 
 def phase_steps(schedule: ScheduleConfig, n_train: int, batch_size: int) -> int:

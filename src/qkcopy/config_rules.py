@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qkcopy.data.augment import STRENGTHS
+from qkcopy.data.augment import OPS, STRENGTHS
+from qkcopy.data.extra_edits import EXTRA_OPS
 from qkcopy.data.families import FAMILIES
 from qkcopy.errors import ConfigError
 
@@ -40,6 +41,11 @@ def validate(cfg):
     _check(d.grad_cache_chunk >= 0, "data.grad_cache_chunk", ">= 0 (0: no gradient caching)", d.grad_cache_chunk)
     _check(d.strength in STRENGTHS, "data.strength", f"one of {list(STRENGTHS)}", d.strength)
     _check(d.synthesis in ("augly", "broad"), "data.synthesis", "augly or broad", d.synthesis)
+    known = {**OPS, **EXTRA_OPS} if d.synthesis == "broad" else OPS
+    for op, w in d.op_weights.items():
+        _check(op in known, f"data.op_weights.{op}", f"an edit op of data.synthesis {d.synthesis} ({', '.join(known)}"
+               f"{'' if d.synthesis == 'broad' else '; the others need data.synthesis: broad'})", op)
+        _check(_finite(w) and w >= 0, f"data.op_weights.{op}", "a finite number >= 0", w)
     _check(set(d.holdout_families) <= set(FAMILIES), "data.holdout_families", f"families among {list(FAMILIES)}",
            list(d.holdout_families))
     _check(d.max_train_images is None or d.max_train_images >= 1, "data.max_train_images", ">= 1 or null",

@@ -81,3 +81,27 @@ def test_make_query_with_broad_synthesis_is_deterministic():
         a, ra = make_query(img, seed, "mixed", background=bg, broad=True)
         b, rb = make_query(img, seed, "mixed", background=bg, broad=True)
         assert ra == rb and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_op_weights_reweight_the_pool_and_ops_of_weight_zero_are_never_drawn():
+    default = [sample_recipe(s, "mixed", broad=True) for s in range(300)]
+    assert default == [sample_recipe(s, "mixed", broad=True, weights={}) for s in range(300)]  # no weights: as before
+    assert not {e.op for r in default for e in r} & {"thumbnail", "tone_curve"}  # weight 0 in EXTRA_OPS
+    heavy = [sample_recipe(s, "mixed", broad=True, weights={"thumbnail": 6.0, "crop": 0.0}) for s in range(300)]
+    ops = [e.op for r in heavy for e in r]
+    assert "crop" not in ops and ops.count("thumbnail") > 100  # weight 6 of ~37: in most recipes
+    held = excluded_ops(["recompression"])  # a held-out family wins over its ops' weights
+    assert not any(e.op in held for s in range(100) for e in sample_recipe(s, "hard", held, True, {"thumbnail": 9}))
+
+
+def test_thumbnail_is_a_low_resolution_copy_and_tone_curve_can_invert():
+    img = _photo(7, (320, 240))
+    small = apply_extra(img, "thumbnail", dict(side=40, quality=70, filter="box", enlarge=""))
+    assert small.size == (40, 30)
+    big = apply_extra(img, "thumbnail", dict(side=40, quality=70, filter="box", enlarge="nearest"))
+    a = np.asarray(big, float)
+    assert big.size == img.size and np.abs(np.diff(a, axis=1)).mean() < 0.5 * np.abs(np.diff(np.asarray(img, float),
+                                                                                              axis=1)).mean()
+    flat = Image.new("RGB", (8, 8), (64, 128, 192))
+    neg = np.asarray(apply_extra(flat, "tone_curve", dict(gamma=1.0, gains=[1.0, 1.0, 1.0], negative=True)))
+    assert (neg[0, 0] == [191, 127, 63]).all()

@@ -1,4 +1,5 @@
-"""The benchmark-only "paste" family: the whole photo at 40–80 % of another photo's side, pasted into it."""
+"""The benchmark-only families: "paste" (the whole photo at 40–80 % of another photo's side, pasted into it) and
+"lowres" (the whole photo as a low-resolution re-upload)."""
 
 import numpy as np
 import pytest
@@ -46,3 +47,14 @@ def test_make_benchmark_heldout_paste(tmp_path):
     queries = json.loads((tmp_path / "b" / "manifest.json").read_text())["queries"]
     assert {q["family"] for q in queries} == {"paste"} and all(len(q["others"]) == 3 for q in queries)
     assert len(bench.query_ids) == 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lowres_is_the_whole_photo_at_32_to_96_px_kept_small_or_enlarged(seed):
+    img = Image.new("RGB", (300, 200), (200, 0, 0))
+    out = heldout_edit(img, "lowres", seed)
+    assert out == heldout_edit(img, "lowres", seed)
+    side = max(out.size)
+    assert 32 <= side <= 96 or 64 <= side <= 480, out.size
+    assert abs(out.width / out.height - 1.5) < 0.2  # the whole photo, not a crop
+    assert "lowres" not in FAMILIES and excluded_ops(["lowres"]) == {"scale", "pixelization", "thumbnail"}

@@ -36,3 +36,24 @@ def test_originals_and_queries_as_items(tmp_path):
     assert torch.allclose(gist_input(img)[:, 0, 0], torch.tensor([10.0, 200.0, 30.0]))  # 0..255 RGB
     grey = image_pair(img.convert("L"), 16)  # any mode becomes RGB: three equal channels
     assert grey[0].shape == (3, 16, 16) and torch.equal(grey[1][0], grey[1][1]) and torch.equal(grey[1][1], grey[1][2])
+
+
+def test_op_weights_reach_the_training_queries(tmp_path):
+    import torch
+    from testkit import draw_images
+
+    from qkcopy.data.training import TrainImages, query_seed
+
+    paths = draw_images(tmp_path, 3, seed=2, size=60)
+    seeds = [query_seed(0, 0, 0, i) for i in range(3)]
+    plain = TrainImages(paths, 32, "light", broad=True)
+    only_tone = TrainImages(paths, 32, "light", broad=True, weights={op: 0.0 for op in _all_ops()} | {"tone_curve": 1.0})
+    assert only_tone.weights["tone_curve"] == 1.0
+    assert any(not torch.equal(plain[(i, s)][1], only_tone[(i, s)][1]) for i, s in enumerate(seeds))
+
+
+def _all_ops():
+    from qkcopy.data.augment import OPS
+    from qkcopy.data.extra_edits import EXTRA_OPS
+
+    return {**OPS, **EXTRA_OPS}

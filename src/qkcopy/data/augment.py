@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -151,16 +152,18 @@ def sample_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
 
 
 def sample_recipe(seed: int, strength: str = "medium", exclude: frozenset[str] = frozenset(),
-                  broad: bool = False) -> list[Edit]:
+                  broad: bool = False, weights: Mapping[str, float] | None = None) -> list[Edit]:
     """A random recipe of distinct edits from `random.Random(seed)`, JPEG last; never an op in `exclude` (held-out
-    families); `broad` adds `qkcopy.data.extra_edits`' ops (without it recipes are those of earlier versions)."""
+    families); `broad` adds `qkcopy.data.extra_edits`' ops (without it recipes are those of earlier versions);
+    `weights` (`data.op_weights`) replace ops' sampling weights (0 removes an op); ops of weight 0 are never drawn."""
     if strength not in STRENGTHS:
         raise ValueError(f"unknown strength {strength!r}; expected one of {STRENGTHS}")
     r = random.Random(int(seed))
     strength = r.choices(STRENGTHS[:3], weights=(1, 2, 1))[0] if strength == "mixed" else strength
     lo, hi = NUM_OPS[strength]
     containers = CONTAINERS | EXTRA_CONTAINERS
-    pool = {op: w for op, w in ({**OPS, **EXTRA_OPS} if broad else OPS).items() if op not in exclude}
+    pool = {**({**OPS, **EXTRA_OPS} if broad else OPS), **(weights or {})}
+    pool = {op: w for op, w in pool.items() if w > 0 and op not in exclude}
     ops: list[str] = []
     for _ in range(r.randint(lo, hi)):
         if not pool:
@@ -257,11 +260,11 @@ def apply_recipe(img: Image.Image, recipe: list[Edit], background: Image.Image |
 
 
 def make_query(img: Image.Image, seed: int, strength: str = "medium", background: Image.Image | None = None,
-               exclude: frozenset[str] = frozenset(), broad: bool = False) -> tuple[Image.Image, list[Edit]]:
+               exclude: frozenset[str] = frozenset(), broad: bool = False,
+               weights: Mapping[str, float] | None = None) -> tuple[Image.Image, list[Edit]]:
     """A synthetic copy of `img` and the recipe that made it (without the ops in `exclude`)."""
-    recipe = sample_recipe(seed, strength, exclude, broad)
+    recipe = sample_recipe(seed, strength, exclude, broad, weights)
     return apply_recipe(img, recipe, background), recipe
-
 
 
 @dataclass(frozen=True)

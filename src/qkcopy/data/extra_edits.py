@@ -20,10 +20,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-# op → sampling weight, on the scale of `augment.OPS`
+# op → sampling weight, on the scale of `augment.OPS`. Weight 0: drawn only when `data.op_weights` gives it one
+# (issue 21, part 4: a low-resolution re-upload and strong tone curves, tried on the report benchmark).
 EXTRA_OPS: dict[str, float] = {
     "tile_grid": 1.5, "quantize_colours": 0.7, "rotate_expand": 1.0, "jpeg_chain": 1.0, "blur_frame": 0.7,
-    "app_frame": 0.7,
+    "app_frame": 0.7, "thumbnail": 0.0, "tone_curve": 0.0,
 }
 EXTRA_CONTAINERS = frozenset({"tile_grid", "app_frame"})  # they put the picture inside a bigger one
 
@@ -57,6 +58,13 @@ def sample_extra_params(op: str, r: random.Random, m: float) -> dict[str, Any]:
     if op == "app_frame":
         return {"width": u(1.05, 1.2 + 0.5 * m), "top": u(0.08, 0.1 + 0.35 * m), "bottom": u(0.05, 0.1 + 0.5 * m),
                 "dark": r.random() < 0.5, "accent": colour(), "lines": r.randint(1, 5), "seed": r.randrange(2**31)}
+    if op == "thumbnail":  # the picture as a small thumbnail, JPEG'd, then (mostly) blown up again
+        return {"side": r.randint(round(96 - 72 * m), 96), "quality": r.randint(round(80 - 50 * m), 90),
+                "filter": r.choice(("box", "bilinear", "bicubic")), "enlarge": r.choice(("", "nearest", "bilinear",
+                                                                                         "bicubic"))}
+    if op == "tone_curve":  # gamma, per-channel gains and sometimes a negative
+        return {"gamma": u(1 - 0.6 * m, 1 + 1.2 * m), "gains": [u(1 - 0.35 * m, 1 + 0.35 * m) for _ in range(3)],
+                "negative": r.random() < 0.25 * m}
     raise ValueError(f"unknown extra edit {op!r}; expected one of {sorted(EXTRA_OPS)}")
 
 
@@ -106,6 +114,25 @@ def _jpeg_chain(img: Image.Image, p: dict) -> Image.Image:
     return out
 
 
+def _thumbnail(img: Image.Image, p: dict) -> Image.Image:
+    w, h = img.size
+    f = min(1.0, p["side"] / max(w, h))
+    filters = {"box": Image.BOX, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+    small = img.resize((max(8, round(w * f)), max(8, round(h * f))), filters[p["filter"]])
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=p["quality"])
+    small = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return small.resize((w, h), filters[p["enlarge"]]) if p["enlarge"] else small
+
+
+def _tone_curve(img: Image.Image, p: dict) -> Image.Image:
+    gamma, gains = p["gamma"], p["gains"]
+    luts = [[min(255, round(255 * (i / 255) ** gamma * g)) for i in range(256)] for g in gains]
+    if p["negative"]:
+        luts = [[255 - v for v in lut] for lut in luts]
+    return img.point([v for lut in luts for v in lut])
+
+
 def _blur_frame(img: Image.Image, p: dict) -> Image.Image:
     w, h = img.size
     mw, mh = round(w * p["margin"]), round(h * p["margin"])
@@ -139,7 +166,7 @@ def apply_extra(img: Image.Image, op: str, params: dict, background: Image.Image
     if op == "tile_grid":
         return _tile_grid(img, params, None if background is None else background.convert("RGB"))
     edits = {"quantize_colours": _quantize, "rotate_expand": _rotate_expand, "jpeg_chain": _jpeg_chain,
-             "blur_frame": _blur_frame, "app_frame": _app_frame}
+             "blur_frame": _blur_frame, "app_frame": _app_frame, "thumbnail": _thumbnail, "tone_curve": _tone_curve}
     if op not in edits:
         raise ValueError(f"unknown extra edit {op!r}; expected one of {sorted(EXTRA_OPS)}")
     return edits[op](img, params)

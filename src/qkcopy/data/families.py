@@ -23,20 +23,23 @@ FAMILY_OPS: dict[str, frozenset[str]] = {
     "perspective": frozenset({"perspective_transform", "skew"}),
     "rotation": frozenset({"rotate", "rotate_expand"}),
     "border": frozenset({"pad", "pad_square", "blur_frame"}),
-    "recompression": frozenset({"encoding_quality", "pixelization", "jpeg_chain"}),
+    "recompression": frozenset({"encoding_quality", "pixelization", "jpeg_chain", "thumbnail"}),
     "screenshot": frozenset({"overlay_onto_screenshot", "meme_format", "app_frame"}),
     "collage": frozenset({"overlay_onto_background_image", "tile_grid"}),
     "mirror_crop": frozenset({"hflip", "vflip", "crop", "scale"}),
     "posterize": frozenset({"quantize_colours"}),
     "noise": frozenset({"random_noise", "blur", "sharpen"}),
     "sticker": frozenset({"overlay_emoji", "overlay_text", "overlay_stripes"}),
-    "colour": frozenset({"color_jitter", "grayscale", "opacity"}),
+    "colour": frozenset({"color_jitter", "grayscale", "opacity", "tone_curve"}),
 }
 FAMILIES = tuple(FAMILY_OPS)
 # Benchmark-only families: `make-benchmark --heldout` makes them (by name; not in "all", so that the benchmarks
 # made with "all" stay as they were), training cannot hold them out on their own. "paste": the whole photo shrunk
 # to 40–80 % of another photo's side and pasted into it; training's op of that kind is AugLy's, in "collage".
-BENCHMARK_FAMILIES: dict[str, frozenset[str]] = {"paste": frozenset({"overlay_onto_background_image"})}
+# "lowres": the whole photo as a low-resolution re-upload (its longer side 32–96 px, JPEG'd; kept small or
+# enlarged again); training's ops of that kind shrink or pixelate (issue 21, part 4).
+BENCHMARK_FAMILIES: dict[str, frozenset[str]] = {"paste": frozenset({"overlay_onto_background_image"}),
+                                                 "lowres": frozenset({"scale", "pixelization", "thumbnail"})}
 
 
 def family_of_op(op: str) -> str:
@@ -218,10 +221,23 @@ def _colour(img: Image.Image, r: random.Random, others) -> Image.Image:
     return Image.fromarray((x * 255).round().astype(np.uint8))
 
 
+def _lowres(img: Image.Image, r: random.Random, others) -> Image.Image:
+    w, h = img.size
+    f = r.randint(32, 96) / max(w, h)
+    small = img.resize((max(4, int(w * f)), max(4, int(h * f))), r.choice((Image.LANCZOS, Image.BOX, Image.NEAREST)))
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=r.randint(35, 85))
+    small = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if r.random() < 0.35:
+        return small
+    up = r.uniform(2.0, 5.0)
+    return small.resize((round(small.width * up), round(small.height * up)), r.choice((Image.NEAREST, Image.BICUBIC)))
+
+
 EDITS: dict[str, Callable[[Image.Image, random.Random, Sequence[Image.Image]], Image.Image]] = {
     "perspective": _perspective, "rotation": _rotation, "border": _border, "recompression": _recompression,
     "screenshot": _screenshot, "collage": _collage, "mirror_crop": _mirror_crop, "posterize": _posterize,
-    "noise": _noise, "sticker": _sticker, "colour": _colour, "paste": _paste,
+    "noise": _noise, "sticker": _sticker, "colour": _colour, "paste": _paste, "lowres": _lowres,
 }
 
 

@@ -35,9 +35,10 @@ class TrainImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: Sequence[Path], image_size: int, strength: str, pairs: bool = False,
-                 exclude: frozenset[str] = frozenset(), broad: bool = False):
+                 exclude: frozenset[str] = frozenset(), broad: bool = False, weights: dict[str, float] | None = None):
         self.paths, self.image_size, self.strength, self.pairs = list(paths), image_size, strength, pairs
         self.exclude, self.broad = exclude, broad  # ops of held-out edit families; extra (non-AugLy) ops too
+        self.weights = dict(weights or {})  # data.op_weights
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -49,7 +50,7 @@ class TrainImages(torch.utils.data.Dataset):
             return (index, *image_pair(original, self.image_size))
         background = load_image(self.paths[(index + 1 + seed % (len(self.paths) - 1)) % len(self.paths)])
         query, _ = make_query(original, seed, self.strength, background=background, exclude=self.exclude,
-                              broad=self.broad)
+                              broad=self.broad, weights=self.weights)
         pair = image_pair(query, self.image_size)
         if self.pairs:
             pair = (*pair, *image_pair(original, self.image_size))

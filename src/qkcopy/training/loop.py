@@ -41,7 +41,7 @@ class TrainingDiverged(RuntimeError):
 def _loader(run: Run, batches: torch.utils.data.Sampler, pairs: bool = False) -> torch.utils.data.DataLoader:
     dataset = TrainImages(run.paths, run.cfg.model.image_size, run.cfg.data.strength, pairs=pairs,
                           exclude=excluded_ops(run.cfg.data.holdout_families),
-                          broad=run.cfg.data.synthesis == "broad")
+                          broad=run.cfg.data.synthesis == "broad", weights=run.cfg.data.op_weights)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=run.cfg.data.workers,
                                        pin_memory=run.device.type == "cuda")
 
