@@ -105,10 +105,11 @@ def test_holdout_families_are_checked_against_the_known_families():
 
 
 def test_op_weights_are_a_mapping_of_known_ops_to_weights_and_survive_the_run_file():
-    cfg = load_config("cpu", ["data.op_weights={pixelization: 3, thumbnail: 1.5}", "data.op_weights.grayscale=2"])
+    broad = ["data.synthesis=broad"]
+    cfg = load_config("cpu", broad + ["data.op_weights={pixelization: 3, thumbnail: 1.5}", "data.op_weights.grayscale=2"])
     assert cfg.data.op_weights == {"pixelization": 3.0, "thumbnail": 1.5, "grayscale": 2.0}
     again = load_config(None, [f"{k}={yaml.safe_dump(v)}" for k, v in (("data", to_dict(cfg)["data"]),)])
-    assert again.data.op_weights == cfg.data.op_weights and differing_keys(cfg, load_config("cpu")) == [
+    assert again.data.op_weights == cfg.data.op_weights and differing_keys(cfg, load_config("cpu", broad)) == [
         "data.op_weights.grayscale", "data.op_weights.pixelization", "data.op_weights.thumbnail"]
     for bad, match in (("data.op_weights={teleport: 1}", "data.op_weights.teleport must be an edit op"),
                        ("data.op_weights={crop: -1}", "data.op_weights.crop must be a finite number >= 0"),
