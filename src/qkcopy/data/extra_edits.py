@@ -102,15 +102,20 @@ def _rotate_expand(img: Image.Image, p: dict) -> Image.Image:
     return Image.alpha_composite(back, rotated).convert("RGB")
 
 
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    """`img` after one JPEG encode and decode at `quality`."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 def _jpeg_chain(img: Image.Image, p: dict) -> Image.Image:
     out = img
     for quality in p["qualities"]:
         if p["shrink"] < 1.0:
             out = out.resize((max(16, round(out.width * p["shrink"] ** 0.5)),
                               max(16, round(out.height * p["shrink"] ** 0.5))), Image.BICUBIC)
-        buf = io.BytesIO()
-        out.save(buf, format="JPEG", quality=quality)
-        out = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        out = _jpeg(out, quality)
     return out
 
 
@@ -119,9 +124,7 @@ def _thumbnail(img: Image.Image, p: dict) -> Image.Image:
     f = min(1.0, p["side"] / max(w, h))
     filters = {"box": Image.BOX, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
     small = img.resize((max(8, round(w * f)), max(8, round(h * f))), filters[p["filter"]])
-    buf = io.BytesIO()
-    small.save(buf, format="JPEG", quality=p["quality"])
-    small = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    small = _jpeg(small, p["quality"])
     return small.resize((w, h), filters[p["enlarge"]]) if p["enlarge"] else small
 
 

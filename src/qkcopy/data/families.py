@@ -95,6 +95,13 @@ def _border(img: Image.Image, r: random.Random, others) -> Image.Image:
     return ImageOps.expand(img, (l, t, rr, b), fill=_fill(r))
 
 
+def _jpeg(img: Image.Image, quality: int, **options) -> Image.Image:
+    """`img` after one JPEG encode and decode (`options`: Pillow's, e.g. subsampling)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, **options)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 def _recompression(img: Image.Image, r: random.Random, others) -> Image.Image:
     out = img
     for _ in range(r.randint(3, 6)):
@@ -102,9 +109,7 @@ def _recompression(img: Image.Image, r: random.Random, others) -> Image.Image:
         if r.random() < 0.6:
             f = r.uniform(0.5, 0.95)
             out = out.resize((max(16, int(w * f)), max(16, int(h * f))), Image.BILINEAR)
-        buf = io.BytesIO()
-        out.save(buf, format="JPEG", quality=r.randint(12, 45), subsampling=r.choice((0, 2)))
-        out = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        out = _jpeg(out, r.randint(12, 45), subsampling=r.choice((0, 2)))
     return out
 
 
@@ -225,9 +230,7 @@ def _lowres(img: Image.Image, r: random.Random, others) -> Image.Image:
     w, h = img.size
     f = r.randint(32, 96) / max(w, h)
     small = img.resize((max(4, int(w * f)), max(4, int(h * f))), r.choice((Image.LANCZOS, Image.BOX, Image.NEAREST)))
-    buf = io.BytesIO()
-    small.save(buf, format="JPEG", quality=r.randint(35, 85))
-    small = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    small = _jpeg(small, r.randint(35, 85))
     if r.random() < 0.35:
         return small
     up = r.uniform(2.0, 5.0)
