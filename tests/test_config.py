@@ -117,5 +117,11 @@ def test_op_weights_are_a_mapping_of_known_ops_to_weights_and_survive_the_run_fi
                        ("data.op_weights={crop: lots}", "data.op_weights must be a mapping")):
         with pytest.raises(ValueError, match=match):
             load_config("cpu", [bad])
+    from qkcopy.data.augment import OPS
+
+    nothing_left = "{" + ", ".join(f"{op}: 0" for op in OPS) + "}"
+    with pytest.raises(ValueError, match="data.op_weights must be leaving at least one edit op to draw"):
+        load_config("paper", [f"data.op_weights={nothing_left}"])
+    assert load_config("paper", [f"data.op_weights={nothing_left[:-1]}, crop: 1}}"]).data.op_weights["crop"] == 1.0
     with pytest.raises(ValueError, match="thumbnail must be an edit op of data.synthesis augly .*need data.synthesis: broad"):
         load_config("paper", ["data.op_weights={thumbnail: 1}"])

@@ -12,7 +12,7 @@ from typing import Any
 
 from qkcopy.data.augment import OPS, STRENGTHS
 from qkcopy.data.extra_edits import EXTRA_OPS
-from qkcopy.data.families import FAMILIES
+from qkcopy.data.families import FAMILIES, excluded_ops
 from qkcopy.errors import ConfigError
 
 METHODS = ("qk", "simclr", "moco")
@@ -48,6 +48,10 @@ def validate(cfg):
         _check(_finite(w) and w >= 0, f"data.op_weights.{op}", "a finite number >= 0", w)
     _check(set(d.holdout_families) <= set(FAMILIES), "data.holdout_families", f"families among {list(FAMILIES)}",
            list(d.holdout_families))
+    held = excluded_ops(d.holdout_families)
+    drawn = [op for op, w in {**known, **d.op_weights}.items() if w > 0 and op not in held]
+    _check(bool(drawn), "data.op_weights", "leaving at least one edit op to draw (every query would be the image "
+           "itself)", d.op_weights)
     _check(d.max_train_images is None or d.max_train_images >= 1, "data.max_train_images", ">= 1 or null",
            d.max_train_images)
     _check(d.pca_images >= m.descriptor_dim, "data.pca_images",
